@@ -1,0 +1,199 @@
+"""NIfTI in and out, with the input's exact geometry preserved.
+
+Volumes are processed in canonical RAS voxel order (`Volume.data`), and results
+are put back in the file's ORIGINAL voxel order, affine and qform/sform
+(`Volume.to_original`, `save_like`). Every problem with an input file becomes a
+`BadInputError` whose message is one line naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations as ornt
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_RAS = ornt.axcodes2ornt(("R", "A", "S"))
+
+
+class BadInputError(ValueError):
+    """An input file that cannot be used; `str(err)` is `"<path>: <problem>"`."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def is_nifti_path(path: str | os.PathLike) -> bool:
+    return str(path).endswith(NIFTI_SUFFIXES)
+
+
+def strip_nifti_suffix(name: str) -> str:
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+@dataclass
+class Volume:
+    """A 3D image in canonical RAS order plus what is needed to undo that.
+
+    Attributes:
+      data: float32 [X, Y, Z] in RAS+ voxel order.
+      path: the file it came from.
+      affine: the file's original affine (voxel -> world, original order).
+      header: a copy of the file's original NIfTI header.
+    """
+
+    data: np.ndarray
+    path: str
+    affine: np.ndarray
+    header: nib.Nifti1Header
+
+    @property
+    def _file_ornt(self) -> np.ndarray:
+        return ornt.io_orientation(self.affine)
+
+    def to_canonical(self, array: np.ndarray) -> np.ndarray:
+        """Reorders an array in the file's voxel order into RAS order."""
+        return ornt.apply_orientation(array, ornt.ornt_transform(self._file_ornt, _RAS))
+
+    def to_original(self, array: np.ndarray) -> np.ndarray:
+        """Reorders an array in RAS order back into the file's voxel order."""
+        return ornt.apply_orientation(array, ornt.ornt_transform(_RAS, self._file_ornt))
+
+
+def _read_image(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    if not path.exists():
+        raise BadInputError(path, "file not found")
+    if path.is_dir():
+        raise BadInputError(path, "is a folder, expected a NIfTI file")
+    try:
+        image = nib.load(str(path))
+    except Exception as err:  # nibabel raises several types for unreadable files
+        raise BadInputError(path, f"not a readable NIfTI file ({type(err).__name__})") from None
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise BadInputError(path, f"not a NIfTI image ({type(image).__name__})")
+    try:
+        data = np.asarray(image.get_fdata(dtype=np.float32))
+    except (EOFError, zlib.error, OSError, ValueError) as err:
+        raise BadInputError(path, f"truncated or corrupt image data ({err})") from None
+    return image, data
+
+
+def load_volume(path: str | os.PathLike) -> Volume:
+    """Loads a 3D NIfTI volume as float32 in canonical RAS order.
+
+    Raises:
+      BadInputError: missing, unreadable or truncated file, not 3D, NaN/Inf
+        voxels, or an all-zero volume.
+    """
+    path = Path(path)
+    image, data = _read_image(path)
+    if data.ndim != 3:
+        raise BadInputError(path, f"expected a 3D volume, got shape {data.shape}")
+    n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+    if n_bad:
+        raise BadInputError(path, f"{n_bad} voxels are NaN or Inf")
+    if not np.any(data):
+        raise BadInputError(path, "all voxels are zero")
+    volume = Volume(data=np.empty(0), path=str(path), affine=image.affine.copy(),
+                    header=image.header.copy())
+    volume.data = np.ascontiguousarray(volume.to_canonical(data), dtype=np.float32)
+    return volume
+
+
+def load_mask(path: str | os.PathLike, like: Volume) -> np.ndarray:
+    """Loads a mask for `like` as bool [X, Y, Z] in canonical RAS order.
+
+    Raises:
+      BadInputError: unreadable file, or a shape different from the image's.
+    """
+    path = Path(path)
+    image, data = _read_image(path)
+    expected = like.header.get_data_shape()[:3]
+    if data.shape != tuple(expected):
+        raise BadInputError(path, f"mask shape {data.shape} differs from image shape "
+                                  f"{tuple(expected)} ({like.path})")
+    if not np.all(np.isfinite(data)):
+        raise BadInputError(path, "mask has NaN or Inf voxels")
+    if not np.allclose(image.affine, like.affine, atol=1e-3):
+        raise BadInputError(path, f"mask affine differs from the image's ({like.path})")
+    return like.to_canonical(data > 0.5)
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    suffix = ".nii.gz" if str(path).endswith(".nii.gz") else path.suffix
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+
+
+def save_like(path: str | os.PathLike, canonical: np.ndarray, like: Volume) -> Path:
+    """Writes a RAS-ordered array with `like`'s exact geometry, atomically.
+
+    The output has `like`'s original voxel order, shape, affine, qform and sform
+    (with their codes), datatype float32 and no scaling slope/intercept, so an
+    int16 input header cannot truncate float results. The file is written to a
+    temporary name in the same folder and renamed into place.
+
+    Raises:
+      ValueError: if `path` is the input file itself.
+    """
+    path = Path(path)
+    if path.exists() and os.path.samefile(path, like.path):
+        raise ValueError(f"{path}: refusing to overwrite the input file")
+    data = np.asarray(like.to_original(canonical), dtype=np.float32)
+    if data.shape != tuple(like.header.get_data_shape()[:3]):
+        raise ValueError(f"{path}: array shape {data.shape} does not match the input "
+                         f"{like.header.get_data_shape()}")
+    header = like.header.copy()
+    header.set_data_dtype(np.float32)
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    image = image_class(data, like.affine, header)
+    image.set_qform(like.header.get_qform(), code=int(like.header["qform_code"]))
+    image.set_sform(like.header.get_sform(), code=int(like.header["sform_code"]))
+    image.header.set_slope_inter(np.nan, np.nan)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
+    """Writes JSON to a temporary file in the same folder and renames it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True, default=_json_default)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,184 @@
+"""Volumes to flow-ready slices and back.
+
+`prepare_volume` turns a canonical volume into normalised axial slices of the
+configured size, centred on the brain; `reassemble` is its exact inverse: it
+puts processed slices back, leaving skipped slices and the background as they
+were in the input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from bh_jax.config import DataConfig
+from bh_jax.io import Volume
+
+
+def auto_brain_mask(data: np.ndarray, threshold: float = 0.1) -> np.ndarray:
+    """Brain mask from a (skull-stripped) volume.
+
+    Foreground is `data > threshold * p99(data[data > 0])`; the largest
+    connected component is kept and its holes filled, in 3D and then per axial
+    slice (dark ventricles are inside the brain).
+
+    Args:
+      data: [X, Y, Z] intensities.
+      threshold: fraction of the robust maximum that counts as foreground.
+    Returns:
+      bool [X, Y, Z]; all False if nothing is above the threshold.
+    """
+    positive = data[data > 0]
+    if positive.size == 0:
+        return np.zeros(data.shape, bool)
+    foreground = data > threshold * np.percentile(positive, 99)
+    labels, count = ndimage.label(foreground)
+    if count == 0:
+        return foreground
+    sizes = ndimage.sum_labels(foreground, labels, index=np.arange(1, count + 1))
+    mask = labels == (1 + int(np.argmax(sizes)))
+    mask = ndimage.binary_fill_holes(mask)
+    for z in range(mask.shape[2]):
+        mask[:, :, z] = ndimage.binary_fill_holes(mask[:, :, z])
+    return mask
+
+
+@dataclass(frozen=True)
+class IntensityScale:
+    """Linear map between input intensities and [0, 1]: x_unit = x / high."""
+
+    high: float
+
+    @classmethod
+    def fit(cls, data: np.ndarray, mask: np.ndarray, percentile: float) -> "IntensityScale":
+        values = data[mask]
+        high = float(np.percentile(values, percentile)) if values.size else 0.0
+        if not np.isfinite(high) or high <= 0:
+            high = float(np.max(np.abs(data))) or 1.0
+        return cls(high=high)
+
+    def normalize(self, data: np.ndarray) -> np.ndarray:
+        return np.clip(data / self.high, 0.0, 1.0).astype(np.float32)
+
+    def denormalize(self, unit: np.ndarray) -> np.ndarray:
+        return (unit * self.high).astype(np.float32)
+
+
+def _window(array: np.ndarray, x0: int, y0: int, height: int, width: int) -> np.ndarray:
+    """[height, width, ...] window of `array` at (x0, y0), zero outside."""
+    out = np.zeros((height, width) + array.shape[2:], array.dtype)
+    xs, ys = max(x0, 0), max(y0, 0)
+    xe, ye = min(x0 + height, array.shape[0]), min(y0 + width, array.shape[1])
+    if xe > xs and ye > ys:
+        out[xs - x0:xe - x0, ys - y0:ye - y0] = array[xs:xe, ys:ye]
+    return out
+
+
+def _put_window(array: np.ndarray, window: np.ndarray, x0: int, y0: int,
+                where: np.ndarray) -> None:
+    """Writes `window` into `array` at (x0, y0) where `where` is True (in place)."""
+    height, width = window.shape[:2]
+    xs, ys = max(x0, 0), max(y0, 0)
+    xe, ye = min(x0 + height, array.shape[0]), min(y0 + width, array.shape[1])
+    if xe <= xs or ye <= ys:
+        return
+    target = array[xs:xe, ys:ye]
+    region = (slice(xs - x0, xe - x0), slice(ys - y0, ye - y0))
+    np.copyto(target, window[region], where=where[region])
+
+
+@dataclass
+class PreparedVolume:
+    """A volume cut into flow inputs, with everything `reassemble` needs.
+
+    Attributes:
+      volume: the loaded input.
+      mask: bool [X, Y, Z] brain mask, canonical order.
+      scale: intensity normalisation of this volume.
+      origin: (x0, y0) of the slice window in the canonical volume (may be
+        negative: the window is padded with zeros there).
+      slice_indices: int [N] axial (z) indices of the kept slices.
+      slices: float32 [N, H, W] in [0, 1], zero outside the brain.
+      slice_masks: bool [N, H, W] brain mask of each slice.
+    """
+
+    volume: Volume
+    mask: np.ndarray
+    scale: IntensityScale
+    origin: tuple[int, int]
+    slice_indices: np.ndarray
+    slices: np.ndarray
+    slice_masks: np.ndarray
+
+
+def prepare_volume(volume: Volume, config: DataConfig,
+                   mask: np.ndarray | None = None) -> PreparedVolume:
+    """Normalises a volume and cuts it into [N, H, W] axial slices.
+
+    The slice window (config.height x config.width) is centred on the brain's
+    bounding box in the axial plane and is the same for every slice; slices
+    whose brain covers less than `config.min_brain_fraction` of the window are
+    skipped.
+
+    Args:
+      volume: canonical volume from `bh_jax.io.load_volume`.
+      config: slice geometry and normalisation.
+      mask: optional bool [X, Y, Z] canonical brain mask; computed if None.
+    """
+    if mask is None:
+        mask = auto_brain_mask(volume.data)
+    mask = np.asarray(mask, bool)
+    scale = IntensityScale.fit(volume.data, mask, config.high_percentile)
+    unit = scale.normalize(volume.data) * mask
+    h, w = config.height, config.width
+    if mask.any():
+        xs, ys, _ = np.nonzero(mask)
+        cx, cy = (xs.min() + xs.max() + 1) // 2, (ys.min() + ys.max() + 1) // 2
+    else:
+        cx, cy = mask.shape[0] // 2, mask.shape[1] // 2
+    x0, y0 = int(cx - h // 2), int(cy - w // 2)
+    mask_win = _window(mask, x0, y0, h, w)          # [H, W, Z]
+    keep = mask_win.sum(axis=(0, 1)) >= config.min_brain_fraction * h * w
+    keep &= mask_win.any(axis=(0, 1))
+    indices = np.flatnonzero(keep)
+    slices = np.moveaxis(_window(unit, x0, y0, h, w)[:, :, indices], 2, 0)
+    slice_masks = np.moveaxis(mask_win[:, :, indices], 2, 0)
+    return PreparedVolume(volume=volume, mask=mask, scale=scale, origin=(x0, y0),
+                          slice_indices=indices, slices=np.ascontiguousarray(slices),
+                          slice_masks=np.ascontiguousarray(slice_masks))
+
+
+def reassemble(prepared: PreparedVolume, processed: np.ndarray,
+               output_scale: str = "input") -> np.ndarray:
+    """Puts processed slices back into a full canonical volume.
+
+    Inside the brain mask of every kept slice the processed values replace the
+    input; skipped slices and everything outside the mask stay as in the input.
+
+    Args:
+      prepared: from `prepare_volume`.
+      processed: [N, H, W] in [0, 1], one per `prepared.slice_indices`.
+      output_scale: 'input' (the input's intensity scale) or 'unit' (the input
+        normalised to [0, 1], then processed slices in [0, 1]).
+    Returns:
+      float32 [X, Y, Z] in canonical order.
+    """
+    processed = np.asarray(processed, np.float32)
+    if processed.shape != prepared.slices.shape:
+        raise ValueError(f"expected processed slices of shape {prepared.slices.shape}, "
+                         f"got {processed.shape}")
+    if output_scale == "input":
+        out = prepared.volume.data.copy()
+        values = prepared.scale.denormalize(processed)
+    elif output_scale == "unit":
+        out = prepared.scale.normalize(prepared.volume.data)
+        values = processed
+    else:
+        raise ValueError(f"output_scale must be 'input' or 'unit', got {output_scale!r}")
+    x0, y0 = prepared.origin
+    for slice_values, slice_mask, z in zip(values, prepared.slice_masks,
+                                           prepared.slice_indices):
+        _put_window(out[:, :, z], slice_values, x0, y0, slice_mask)
+    return out

@@ -1,0 +1,75 @@
+"""Statistics of the target site's training slices, saved beside checkpoints.
+
+The classical baselines and the harmonizer's initialisation need the target
+domain's intensity distribution (HM), its amplitude spectra (SSIMH) and its
+mean slice (a template). All come from the same training slices.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+N_QUANTILES = 1001
+N_AREA_BINS = 8
+
+
+def brain_fraction(masks: np.ndarray) -> np.ndarray:
+    """Fraction of each [..., H, W] slice covered by its mask."""
+    return np.asarray(masks, np.float32).mean(axis=(-2, -1))
+
+
+@dataclass(frozen=True)
+class TargetReference:
+    """Target-domain statistics of normalised [0, 1] slices.
+
+    Attributes:
+      quantiles: float32 [N_QUANTILES], in-mask intensity quantiles 0..1.
+      areas: float32 [K], mean brain fraction of the slices in each area bin.
+      amplitudes: float32 [K, H, W], mean |FFT2| (unshifted) per area bin:
+        a slice's spectrum is compared with target slices of similar size.
+      mean_slice: float32 [H, W], mean slice (zero background included).
+    """
+
+    quantiles: np.ndarray
+    areas: np.ndarray
+    amplitudes: np.ndarray
+    mean_slice: np.ndarray
+
+    @classmethod
+    def from_slices(cls, slices: np.ndarray, masks: np.ndarray) -> "TargetReference":
+        """Builds the reference from [N, H, W] slices in [0, 1] and their masks."""
+        slices = np.asarray(slices, np.float32)
+        values = slices[np.asarray(masks, bool)]
+        if values.size == 0:
+            raise ValueError("cannot build a target reference: no in-mask voxels")
+        area = brain_fraction(masks)
+        edges = np.quantile(area, np.linspace(0, 1, N_AREA_BINS + 1)[1:-1])
+        bins = np.searchsorted(edges, area)
+        amplitude = np.abs(np.fft.fft2(slices))
+        used = np.unique(bins)
+        return cls(
+            quantiles=np.quantile(values, np.linspace(0.0, 1.0, N_QUANTILES)).astype(np.float32),
+            areas=np.array([area[bins == b].mean() for b in used], np.float32),
+            amplitudes=np.stack([amplitude[bins == b].mean(axis=0) for b in used]).astype(np.float32),
+            mean_slice=slices.mean(axis=0),
+        )
+
+    def amplitude_for(self, masks: np.ndarray) -> np.ndarray:
+        """[..., H, W] reference amplitude for slices with these masks."""
+        nearest = np.abs(brain_fraction(masks)[..., None] - self.areas).argmin(axis=-1)
+        return self.amplitudes[nearest]
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        np.savez(tmp, **{f.name: getattr(self, f.name) for f in fields(self)})
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TargetReference":
+        with np.load(path) as archive:
+            return cls(**{f.name: archive[f.name] for f in fields(cls)})

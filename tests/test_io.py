@@ -1,0 +1,151 @@
+import gzip
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bh_jax.config import DataConfig
+from bh_jax.io import BadInputError, load_mask, load_volume, save_like
+from bh_jax.preprocess import prepare_volume, reassemble
+
+
+def oblique_lps_affine():
+    """An LPS-oriented affine with a rotation and anisotropic voxels."""
+    angle = np.deg2rad(12.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0],
+                         [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-1.1, -0.9, 1.3])
+    affine[:3, 3] = [40.0, 55.0, -30.0]
+    return affine
+
+
+def blob_volume(shape=(30, 36, 20), seed=0):
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij"))
+    inside = (grid**2).sum(0) < 0.6
+    return (inside * (100 + 50 * rng.random(shape))).astype(np.float32)
+
+
+def write(path, data, affine, dtype=np.float32, slope=None):
+    image = nib.Nifti1Image(data, affine)
+    image.set_data_dtype(dtype)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=2)
+    if slope is not None:
+        image.header.set_slope_inter(slope, 0.0)
+    nib.save(image, str(path))
+    return path
+
+
+def test_canonical_is_ras_and_undoable(tmp_path):
+    data = blob_volume()
+    path = write(tmp_path / "lps.nii.gz", data, oblique_lps_affine())
+    volume = load_volume(path)
+    assert nib.aff2axcodes(oblique_lps_affine()) == ("L", "P", "S")
+    np.testing.assert_array_equal(volume.data, data[::-1, ::-1, :])
+    np.testing.assert_array_equal(volume.to_original(volume.data), data)
+
+
+def test_round_trip_through_slices_is_exact(tmp_path):
+    data = blob_volume()
+    affine = oblique_lps_affine()
+    src = write(tmp_path / "in.nii.gz", data, affine)
+    before = src.read_bytes()
+    volume = load_volume(src)
+    config = DataConfig(height=32, width=32, min_brain_fraction=0.0, high_percentile=100.0)
+    prepared = prepare_volume(volume, config)
+    assert prepared.slices.shape[1:] == (32, 32) and len(prepared.slices) > 0
+    out = save_like(tmp_path / "out.nii.gz", reassemble(prepared, prepared.slices), volume)
+    back = nib.load(str(out))
+    np.testing.assert_allclose(back.get_fdata(), data, rtol=1e-6, atol=0)
+    background = data == 0
+    np.testing.assert_array_equal(back.get_fdata()[background], 0)
+    np.testing.assert_array_equal(back.affine, nib.load(str(src)).affine)
+    np.testing.assert_array_equal(back.header.get_qform(), nib.load(str(src)).header.get_qform())
+    np.testing.assert_array_equal(back.header.get_sform(), nib.load(str(src)).header.get_sform())
+    assert int(back.header["qform_code"]) == 1 and int(back.header["sform_code"]) == 2
+    assert back.get_data_dtype() == np.float32
+    assert src.read_bytes() == before, "the input must not be modified"
+
+
+def test_unit_scale_reassembly_is_identity(tmp_path):
+    volume = load_volume(write(tmp_path / "in.nii", blob_volume(), np.eye(4)))
+    prepared = prepare_volume(volume, DataConfig(height=40, width=40, min_brain_fraction=0.0))
+    unit = reassemble(prepared, prepared.slices, output_scale="unit")
+    np.testing.assert_array_equal(unit, prepared.scale.normalize(volume.data))
+
+
+def test_int16_header_does_not_truncate_float_output(tmp_path):
+    data = (blob_volume() * 10).astype(np.int16)
+    volume = load_volume(write(tmp_path / "int.nii.gz", data, np.eye(4), np.int16, slope=1.0))
+    values = volume.data * 0.0 + 0.123
+    back = nib.load(str(save_like(tmp_path / "o.nii.gz", values, volume)))
+    assert back.get_data_dtype() == np.float32
+    np.testing.assert_allclose(back.get_fdata(), 0.123, rtol=1e-6)
+
+
+def test_refuses_to_overwrite_input(tmp_path):
+    path = write(tmp_path / "in.nii.gz", blob_volume(), np.eye(4))
+    volume = load_volume(path)
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        save_like(path, volume.data, volume)
+
+
+def test_no_partial_file_when_write_fails(tmp_path):
+    volume = load_volume(write(tmp_path / "in.nii.gz", blob_volume(), np.eye(4)))
+    with pytest.raises(ValueError):
+        save_like(tmp_path / "out.nii.gz", volume.data[:-1], volume)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz"]
+
+
+# One clear error per kind of bad input, naming the file.
+
+def _truncated(tmp_path):
+    good = write(tmp_path / "good.nii.gz", blob_volume(), np.eye(4)).read_bytes()
+    path = tmp_path / "cut.nii.gz"
+    path.write_bytes(good[: len(good) // 2])
+    return path
+
+
+def _not_nifti(tmp_path):
+    path = tmp_path / "notes.nii.gz"
+    path.write_bytes(gzip.compress(b"this is not an image"))
+    return path
+
+
+BAD_INPUTS = {
+    "missing": (lambda p: p / "absent.nii.gz", "not found"),
+    "not nifti": (_not_nifti, "not a readable NIfTI"),
+    "truncated": (_truncated, "truncated or corrupt"),
+    "2d": (lambda p: write(p / "flat.nii.gz", np.ones((8, 8), np.float32), np.eye(4)),
+           "expected a 3D volume"),
+    "4d": (lambda p: write(p / "time.nii.gz", np.ones((8, 8, 8, 3), np.float32), np.eye(4)),
+           "expected a 3D volume"),
+    "nan": (lambda p: write(p / "nan.nii.gz", np.where(blob_volume() > 120, np.nan, 1.0)
+                            .astype(np.float32), np.eye(4)), "NaN or Inf"),
+    "inf": (lambda p: write(p / "inf.nii.gz", np.where(blob_volume() > 120, np.inf, 1.0)
+                            .astype(np.float32), np.eye(4)), "NaN or Inf"),
+    "all zero": (lambda p: write(p / "zero.nii.gz", np.zeros((8, 8, 8), np.float32),
+                                 np.eye(4)), "all voxels are zero"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_INPUTS))
+def test_bad_input_gets_one_line_error_naming_file(tmp_path, kind):
+    make, message = BAD_INPUTS[kind]
+    path = make(tmp_path)
+    with pytest.raises(BadInputError) as info:
+        load_volume(path)
+    text = str(info.value)
+    assert text.startswith(str(path)) and message in text and "\n" not in text
+
+
+def test_mask_shape_mismatch(tmp_path):
+    volume = load_volume(write(tmp_path / "img.nii.gz", blob_volume(), np.eye(4)))
+    mask = write(tmp_path / "mask.nii.gz", np.ones((10, 10, 10), np.uint8), np.eye(4), np.uint8)
+    with pytest.raises(BadInputError, match="mask shape") as info:
+        load_mask(mask, volume)
+    assert str(info.value).startswith(str(mask))
+    assert os.path.basename(volume.path) in str(info.value)

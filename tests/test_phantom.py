@@ -1,0 +1,83 @@
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bh_jax.baselines import histogram_match, spectrum_swap
+from bh_jax.data import phantom
+from bh_jax.data.shifts import PAPER_SHIFTS, apply_shift
+from bh_jax.evaluate import evaluate_methods, classical_methods, target_reference
+
+
+def test_manifest_lists_truth_mask_and_wm_for_every_image(tiny_phantom):
+    folder, manifest = tiny_phantom
+    sites = manifest["sites"]
+    scanners = [s for s, v in sites.items() if v["kind"] == "scanner"]
+    assert len(scanners) >= 4 and manifest["target_site"] in sites
+    for entry in manifest["images"]:
+        for key in ("path", "truth", "mask", "wm"):
+            assert nib.load(entry[key]).shape == nib.load(entry["path"]).shape
+        assert phantom.TARGET_SITE in entry["truth"]
+    splits = {s["split"] for s in manifest["subjects"]}
+    assert splits == {"train", "val", "test"}
+
+
+def test_generation_is_deterministic(tmp_path, tiny_config):
+    cfg = tiny_config.phantom.__class__(voxel_mm=8.0, n_train=1, n_val=0, n_test=1, seed=3)
+    first = phantom.generate(tmp_path / "a", cfg, progress=False)
+    phantom.generate(tmp_path / "b", cfg, progress=False)
+    for entry in first["images"]:
+        a = nib.load(str(tmp_path / "a" / entry["path"])).get_fdata()
+        b = nib.load(str(tmp_path / "b" / entry["path"])).get_fdata()
+        np.testing.assert_array_equal(a, b)
+
+
+def test_subjects_and_sites_differ(tiny_phantom):
+    _, manifest = tiny_phantom
+    target = [e for e in manifest["images"] if e["site"] == "target"]
+    a, b = (nib.load(e["path"]).get_fdata() for e in target[:2])
+    mask = nib.load(target[0]["mask"]).get_fdata() > 0
+    assert not np.array_equal(nib.load(target[0]["mask"]).get_fdata(),
+                              nib.load(target[1]["mask"]).get_fdata())
+    sub = [e for e in manifest["images"] if e["subject"] == target[0]["subject"]]
+    means = {e["site"]: phantom.unit_scale(nib.load(e["path"]).get_fdata(), mask)[mask].mean()
+             for e in sub}
+    assert len({round(v, 3) for v in means.values()}) == len(means), means
+    assert a.shape == b.shape
+
+
+def test_shifts_follow_the_paper():
+    x = np.linspace(0, 1, 11)
+    np.testing.assert_allclose(apply_shift(x, "exp"), (np.exp(x) - 1) / (np.e - 1), atol=1e-6)
+    log = np.log1p(3 * x)
+    np.testing.assert_allclose(apply_shift(x, "log"), log / log[-1], atol=1e-6)
+    np.testing.assert_allclose(apply_shift(x, "gamma0.7"), x**0.7, atol=1e-6)
+    np.testing.assert_allclose(apply_shift(2 * x, "gamma1.5"), x**1.5, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown shift"):
+        apply_shift(x, "sqrt")
+    assert set(PAPER_SHIFTS) <= set(phantom.SHIFT_SITES)
+
+
+def test_hm_and_ssimh_improve_on_paper_shifts(tiny_phantom, tiny_config):
+    _, manifest = tiny_phantom
+    reference = target_reference(manifest, tiny_config.data)
+    results = evaluate_methods(manifest, tiny_config.data, classical_methods(reference),
+                               sites=PAPER_SHIFTS)
+    for site in PAPER_SHIFTS:
+        for method in ("HM", "SSIMH"):
+            assert results[site][method]["psnr"] > results[site]["Source"]["psnr"], (site, method)
+
+
+def test_hm_leaves_background_and_ssimh_keeps_shape(tiny_phantom, tiny_config):
+    _, manifest = tiny_phantom
+    reference = target_reference(manifest, tiny_config.data)
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 32, 32)).astype(np.float32) * 0.5
+    mask = np.zeros_like(x, bool)
+    mask[:, 8:24, 6:26] = True
+    matched = histogram_match(x, mask, reference)
+    np.testing.assert_array_equal(matched[~mask], x[~mask])
+    np.testing.assert_allclose(np.quantile(matched[mask], [0.1, 0.5, 0.9]),
+                               np.interp([0.1, 0.5, 0.9], np.linspace(0, 1, len(reference.quantiles)),
+                                         reference.quantiles), atol=0.02)
+    swapped = spectrum_swap(x, mask, reference)
+    assert swapped.shape == x.shape and not swapped[~mask].any()

@@ -1,0 +1,64 @@
+import numpy as np
+
+from bh_jax.config import DataConfig
+from bh_jax.io import Volume
+from bh_jax.preprocess import IntensityScale, auto_brain_mask, prepare_volume, reassemble
+
+
+def sphere_with_ventricle(shape=(40, 48, 24)):
+    grid = np.stack(np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij"))
+    radius = np.sqrt((grid**2).sum(0))
+    data = np.where(radius < 0.8, 100.0, 0.0)
+    data[radius < 0.2] = 1.0  # dark "ventricle": below threshold, inside the brain
+    data[2, 2, 2] = 100.0  # a speck of noise outside, not connected
+    return data.astype(np.float32), radius
+
+
+def test_auto_mask_keeps_largest_component_and_fills_holes():
+    data, radius = sphere_with_ventricle()
+    mask = auto_brain_mask(data)
+    assert mask[radius < 0.75].all()
+    assert not mask[2, 2, 2]
+    assert not mask[radius > 0.85].any()
+
+
+def test_auto_mask_of_empty_volume_is_empty():
+    assert not auto_brain_mask(np.zeros((5, 5, 5), np.float32)).any()
+
+
+def test_intensity_scale_is_robust_and_clipped():
+    data = np.concatenate([np.linspace(0, 1, 999), [1000.0]]).astype(np.float32)
+    scale = IntensityScale.fit(data, np.ones_like(data, bool), 99.0)
+    assert 0.98 < scale.high < 1.0
+    unit = scale.normalize(data)
+    assert unit.max() == 1.0 and unit.min() == 0.0
+
+
+def _volume(data):
+    return Volume(data=data, path="mem", affine=np.eye(4), header=None)
+
+
+def test_slices_are_centred_and_small_slices_skipped():
+    data, _ = sphere_with_ventricle()
+    config = DataConfig(height=32, width=32, min_brain_fraction=0.2)
+    prepared = prepare_volume(_volume(data), config)
+    fraction = prepared.slice_masks.mean(axis=(1, 2))
+    assert (fraction >= 0.2).all() and len(prepared.slice_indices) < data.shape[2]
+    # Centred: the brain's centre of mass is within a pixel of the window centre.
+    rows, cols = np.nonzero(prepared.slice_masks[len(prepared.slices) // 2])
+    assert abs(rows.mean() - 15.5) <= 1 and abs(cols.mean() - 15.5) <= 1
+    assert prepared.slices[~prepared.slice_masks].max() == 0
+
+
+def test_window_larger_and_smaller_than_volume_round_trip():
+    data, _ = sphere_with_ventricle()
+    for size in ((64, 64), (16, 24)):
+        config = DataConfig(height=size[0], width=size[1], min_brain_fraction=0.0,
+                            high_percentile=100.0)
+        prepared = prepare_volume(_volume(data), config)
+        processed = np.full_like(prepared.slices, 0.5)
+        out = reassemble(prepared, processed)
+        # Exactly the in-mask voxels inside the window took the processed value.
+        assert (out == 50.0).sum() == prepared.slice_masks.sum() > 0
+        np.testing.assert_array_equal(out[out != 50.0], data[out != 50.0])
+        assert not (out[~prepared.mask] == 50.0).any()
