@@ -16,8 +16,8 @@ import numpy as np
 from bh_jax import metrics
 from bh_jax.baselines import histogram_match, spectrum_swap
 from bh_jax.config import DataConfig
-from bh_jax.io import load_mask, load_volume
-from bh_jax.preprocess import PreparedVolume, prepare_volume
+from bh_jax.input_pipeline import prepare_entry
+from bh_jax.preprocess import PreparedVolume
 from bh_jax.reference import TargetReference
 
 Method = Callable[[PreparedVolume], np.ndarray]
@@ -30,12 +30,6 @@ def slice_scores(pred: np.ndarray, truth: np.ndarray, masks: np.ndarray) -> dict
     """In-mask PSNR (dB) and SSIM of each of [N, H, W] slices."""
     return {"psnr": np.asarray(_masked_psnr(pred, truth, masks)),
             "ssim": np.asarray(_masked_ssim(pred, truth, masks))}
-
-
-def prepare_entry(entry: dict, config: DataConfig, key: str = "path") -> PreparedVolume:
-    """Loads a manifest entry's image (or its truth, key='truth') with its mask."""
-    volume = load_volume(entry[key])
-    return prepare_volume(volume, config, load_mask(entry["mask"], volume))
 
 
 def target_reference(manifest: dict, config: DataConfig, split: str = "train") -> TargetReference:

@@ -1,0 +1,132 @@
+"""A checkpoint folder: everything harmonize.py needs, and what resumes training.
+
+    WORKDIR/config.json      the `Config` (typed, versioned)
+    WORKDIR/reference.npz    target statistics of the training slices
+    WORKDIR/latest/<step>/   the last `keep_last` train states (orbax)
+    WORKDIR/best/<step>/     the train state with the best validation bits/dim
+    WORKDIR/metrics.json     training history
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from bh_jax.config import Config
+from bh_jax.flows.model import FlowModel
+from bh_jax.io import write_json_atomic
+from bh_jax.reference import TargetReference
+
+CONFIG_FILE = "config.json"
+REFERENCE_FILE = "reference.npz"
+METRICS_FILE = "metrics.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be used; the message names it."""
+
+
+def save_config(workdir: Path, config: Config) -> None:
+    (workdir / CONFIG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(workdir / CONFIG_FILE, config.to_dict())
+
+
+def read_config(workdir: Path) -> Config:
+    path = Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; is {workdir} a bh_jax training folder?")
+    try:
+        return Config.from_json(path.read_text())
+    except (ValueError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: {err}") from None
+
+
+class StateCheckpoints:
+    """The 'latest' and 'best' orbax managers of one training folder."""
+
+    def __init__(self, workdir: Path, keep_last: int):
+        workdir = Path(workdir).absolute()
+        self.latest = ocp.CheckpointManager(
+            workdir / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=keep_last))
+        self.best = ocp.CheckpointManager(
+            workdir / "best", options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, best_fn=lambda m: m["val_bpd"], best_mode="min"))
+
+    def save(self, step: int, state: Any, val_bpd: float | None = None) -> None:
+        self.latest.save(step, args=ocp.args.StandardSave(state))
+        if val_bpd is not None:
+            self.best.save(step, args=ocp.args.StandardSave(state),
+                           metrics={"val_bpd": float(val_bpd)})
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def restore(self, abstract_state: Any, which: str = "latest") -> tuple[int, Any]:
+        manager = self.best if which == "best" else self.latest
+        step = manager.best_step() if which == "best" else manager.latest_step()
+        if step is None:
+            raise CheckpointError(f"{manager.directory}: no checkpoint saved yet")
+        return step, manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+    def close(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+        self.latest.close()
+        self.best.close()
+
+
+@dataclass
+class LoadedFlow:
+    """A trained prior ready to use: model, params, config and target statistics."""
+
+    config: Config
+    model: FlowModel
+    params: dict
+    reference: TargetReference
+    identity: dict[str, Any]
+
+
+def load_flow(workdir: str | Path, which: str = "best") -> LoadedFlow:
+    """Loads the best (or latest) flow parameters of a training folder.
+
+    Raises:
+      CheckpointError: a missing or incompatible folder, with its path.
+    """
+    from bh_jax.train import abstract_state  # the train state's structure
+
+    workdir = Path(workdir)
+    config = read_config(workdir)
+    model = FlowModel(config.flow, config.data.height, config.data.width)
+    reference_path = workdir / REFERENCE_FILE
+    if not reference_path.is_file():
+        raise CheckpointError(f"{reference_path}: not found")
+    checkpoints = StateCheckpoints(workdir, config.train.keep_last)
+    try:
+        if which == "best" and checkpoints.best.best_step() is None:
+            which = "latest"
+        abstract = abstract_state(model, config.train)
+        replicated = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+        try:
+            step, state = checkpoints.restore(abstract, which)
+        except CheckpointError:
+            raise
+        except Exception as err:  # orbax reports structure mismatches in many ways
+            raise CheckpointError(f"{workdir}: checkpoint does not match its config.json "
+                                  f"(written by another bh_jax version?): "
+                                  f"{str(err).splitlines()[0][:200]}") from None
+    finally:
+        checkpoints.close()
+    metrics = {}
+    if (workdir / METRICS_FILE).is_file():
+        metrics = json.loads((workdir / METRICS_FILE).read_text())
+    identity = {"workdir": str(workdir.absolute()), "which": which, "step": int(step),
+                "preset": config.name, "best_val_bpd": metrics.get("best_val_bpd")}
+    return LoadedFlow(config=config, model=model, params=state["params"],
+                      reference=TargetReference.load(reference_path), identity=identity)

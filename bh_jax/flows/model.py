@@ -1,0 +1,150 @@
+"""The multi-scale flow f: images x in [0, 1] <-> latents z ~ N(0, I).
+
+Per level: Squeeze -> `steps` x (ActNorm -> 1x1 conv -> coupling) -> 1x1 conv;
+after every level but the last, half the channels are factored out
+(`FactorOut`). The whole flow maps an [H, W, 1] image, shifted to
+[-0.5, 0.5] ("glow" preprocessing, log-det 0), to an [H, W, 1]-sized latent;
+`encode` / `decode` flatten it to a vector of H*W values, so |z|^2 and
+f^-1(z) are plain array operations for the harmonizer.
+
+Every method is a pure function of (params, inputs): jit-, grad- and
+vmap-able. The model object only holds static configuration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import distrax
+import jax
+import jax.numpy as jnp
+
+from bh_jax.config import FlowConfig
+from bh_jax.flows.actnorm import ActNorm, init_actnorm
+from bh_jax.flows.conv1x1 import Conv1x1, init_conv1x1
+from bh_jax.flows.coupling import coupling, init_coupling
+from bh_jax.flows.multiscale import FactorOut
+from bh_jax.flows.squeeze import Squeeze, squeeze
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def count_params(params) -> int:
+    """Trainable parameters (the fixed 1x1-conv permutations excluded)."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return sum(int(leaf.size) for path, leaf in leaves
+               if getattr(path[-1], "key", None) != "perm")
+
+
+@dataclass(frozen=True)
+class FlowModel:
+    """A flow for [height, width, 1] images with the given architecture."""
+
+    config: FlowConfig
+    height: int
+    width: int
+
+    def __post_init__(self):
+        factor = 2 ** self.config.levels
+        if self.height % factor or self.width % factor:
+            raise ValueError(
+                f"image size {self.height}x{self.width} must be divisible by "
+                f"2^levels = {factor} for a {self.config.levels}-level flow")
+        if min(self.height, self.width) < factor:
+            raise ValueError(f"images of {self.height}x{self.width} are smaller than the "
+                             f"model's minimum size {factor}x{factor}")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.height * self.width
+
+    # ------------------------------------------------------------------ build
+
+    def init(self, key: jax.Array, x: jnp.ndarray) -> dict:
+        """Parameters, with ActNorm initialised from the batch x [B, H, W, 1] in [0, 1]."""
+        cfg = self.config
+        y = jnp.asarray(x, jnp.float32) - 0.5
+        levels = []
+        for level in range(cfg.levels):
+            y = squeeze(y)
+            channels = y.shape[-1]
+            steps = []
+            for _ in range(cfg.steps):
+                key, conv_key, coupling_key = jax.random.split(key, 3)
+                step = {"actnorm": init_actnorm(y)}
+                y = ActNorm(step["actnorm"]).forward(y)
+                step["conv"] = init_conv1x1(conv_key, channels, cfg.conv_init)
+                y = Conv1x1(step["conv"]).forward(y)
+                step["coupling"] = init_coupling(coupling_key, cfg, y)
+                y = coupling(step["coupling"], cfg, channels).forward(y)
+                steps.append(step)
+            key, conv_key = jax.random.split(key)
+            final_conv = init_conv1x1(conv_key, channels, cfg.conv_init)
+            y = Conv1x1(final_conv).forward(y)
+            levels.append({"steps": steps, "final_conv": final_conv})
+            y = y[..., channels // 2:]  # what FactorOut passes on
+        return {"levels": levels}
+
+    def bijector(self, params: dict) -> distrax.Bijector:
+        """f as a distrax bijector: [..., H, W, 1] in [-0.5, 0.5] -> latent image."""
+        cfg = self.config
+        inner = None
+        for level in reversed(range(cfg.levels)):
+            level_params = params["levels"][level]
+            channels = 4 * 2**level  # 1 channel in, x4 by squeeze, /2 by each factoring
+            layers: list[distrax.Bijector] = [Squeeze()]  # applied first
+            for step in level_params["steps"]:
+                layers += [ActNorm(step["actnorm"]), Conv1x1(step["conv"]),
+                           coupling(step["coupling"], cfg, channels)]
+            layers.append(Conv1x1(level_params["final_conv"]))
+            if inner is not None:
+                layers.append(FactorOut(inner))
+            layers.append(distrax.Inverse(Squeeze()))
+            inner = distrax.Chain(layers[::-1])  # Chain applies its last bijector first
+        return inner
+
+    # -------------------------------------------------------------- densities
+
+    def log_prob(self, params: dict, x: jnp.ndarray) -> jnp.ndarray:
+        """Log density [B] of continuous images x [B, H, W, 1] (nats)."""
+        z, log_det = self.bijector(params).forward_and_log_det(x - 0.5)
+        base = -0.5 * jnp.sum(z**2, axis=(-3, -2, -1)) - self.latent_size * _HALF_LOG_2PI
+        return base + log_det
+
+    def dequantize(self, key: jax.Array, x: jnp.ndarray) -> jnp.ndarray:
+        """Uniform dequantisation of x in [0, 1] at `num_bits` (result in [0, 1])."""
+        levels = 2.0**self.config.num_bits
+        discrete = jnp.clip(jnp.floor(x * levels), 0, levels - 1)
+        return (discrete + jax.random.uniform(key, x.shape)) / levels
+
+    def bits_per_dim(self, params: dict, x: jnp.ndarray) -> jnp.ndarray:
+        """Bits/dim [B] of dequantised x [B, H, W, 1] as a num_bits-deep discrete image.
+
+        -log2 p(x_discrete) / D = -log p(x) / (D ln 2) + num_bits: the bin width
+        2^-num_bits of the quantisation is the preprocessing's log-det.
+        """
+        nll = -self.log_prob(params, x)
+        return nll / (self.latent_size * math.log(2.0)) + self.config.num_bits
+
+    # ---------------------------------------------------------- latent access
+
+    def encode(self, params: dict, x: jnp.ndarray) -> jnp.ndarray:
+        """z = f(x): images [..., H, W, 1] in [0, 1] -> latents [..., H*W]."""
+        z = self.bijector(params).forward(x - 0.5)
+        return z.reshape(*z.shape[:-3], self.latent_size)
+
+    def decode(self, params: dict, z: jnp.ndarray) -> jnp.ndarray:
+        """x = f^-1(z): latents [..., H*W] -> images [..., H, W, 1]."""
+        z = z.reshape(*z.shape[:-1], *self.image_shape)
+        return self.bijector(params).inverse(z) + 0.5
+
+    def sample(self, params: dict, key: jax.Array, n: int,
+               temperature: float = 1.0) -> jnp.ndarray:
+        """n images [n, H, W, 1] decoded from z ~ N(0, temperature^2 I)."""
+        z = temperature * jax.random.normal(key, (n, self.latent_size))
+        return self.decode(params, z)

@@ -1,0 +1,127 @@
+"""Target-site training slices from a folder of NIfTI volumes or the built-in data.
+
+Files -> `PreparedVolume`s (bh_jax.preprocess) -> a `SliceSet` of [N, H, W]
+slices; batches are drawn by step number, so a resumed run sees exactly the
+batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bh_jax.config import Config, DataConfig
+from bh_jax.io import BadInputError, is_nifti_path, load_mask, load_volume, strip_nifti_suffix
+from bh_jax.preprocess import PreparedVolume, prepare_volume
+
+
+@dataclass
+class SliceSet:
+    """Slices [N, H, W] in [0, 1] and their brain masks [N, H, W]."""
+
+    slices: np.ndarray
+    masks: np.ndarray
+
+    @classmethod
+    def from_volumes(cls, prepared: list[PreparedVolume]) -> "SliceSet":
+        return cls(np.concatenate([p.slices for p in prepared]),
+                   np.concatenate([p.slice_masks for p in prepared]))
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+
+def find_nifti(inputs: list[str | os.PathLike]) -> list[Path]:
+    """NIfTI files named by files, folders (not recursive) or glob patterns, sorted."""
+    found: list[Path] = []
+    for item in map(str, inputs):
+        if os.path.isdir(item):
+            found += [p for p in sorted(Path(item).iterdir()) if is_nifti_path(p)]
+        elif any(ch in item for ch in "*?["):
+            found += [Path(p) for p in sorted(glob.glob(item)) if is_nifti_path(p)]
+        else:
+            found.append(Path(item))
+    unique = list(dict.fromkeys(found))
+    return unique
+
+
+def mask_for(image: Path, mask_dir: str | os.PathLike | None) -> Path | None:
+    """The mask matched to an image by file name in `mask_dir` (stem or stem_mask)."""
+    if mask_dir is None:
+        return None
+    stem = strip_nifti_suffix(image.name)
+    for name in (image.name, f"{stem}_mask.nii.gz", f"{stem}_mask.nii",
+                 f"{stem}.nii.gz", f"{stem}.nii"):
+        candidate = Path(mask_dir) / name
+        if candidate.is_file():
+            return candidate
+    raise BadInputError(image, f"no mask for it in {mask_dir} (expected {stem}.nii.gz "
+                               f"or {stem}_mask.nii.gz)")
+
+
+def load_prepared(path: Path, config: DataConfig, mask_path: Path | None = None,
+                  min_size: int = 1) -> PreparedVolume:
+    """Loads and prepares one volume; BadInputError if it cannot be used."""
+    volume = load_volume(path)
+    if min(volume.data.shape[:2]) < min_size:
+        raise BadInputError(path, f"in-plane size {volume.data.shape[:2]} is smaller than "
+                                  f"the model's minimum {min_size}x{min_size}")
+    mask = load_mask(mask_path, volume) if mask_path else None
+    prepared = prepare_volume(volume, config, mask)
+    if len(prepared.slices) == 0:
+        raise BadInputError(path, "no axial slice has enough brain (check the mask, or "
+                                  "lower data.min_brain_fraction)")
+    return prepared
+
+
+def folder_slices(folder: str | os.PathLike, config: Config, mask_dir=None,
+                  val_fraction: float = 0.15) -> tuple[SliceSet, SliceSet]:
+    """Train/validation slices from a folder of target-site volumes.
+
+    The last ceil(val_fraction * n) volumes (by sorted name) are held out for
+    validation; with a single volume, it serves both.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInputError(folder, "data folder not found")
+    paths = find_nifti([folder])
+    if not paths:
+        raise BadInputError(folder, "no NIfTI files (.nii, .nii.gz) in the data folder")
+    min_size = 2 ** config.flow.levels
+    prepared = [load_prepared(p, config.data, mask_for(p, mask_dir), min_size) for p in paths]
+    n_val = min(len(prepared) - 1, int(np.ceil(val_fraction * len(prepared))))
+    if n_val == 0:
+        return SliceSet.from_volumes(prepared), SliceSet.from_volumes(prepared)
+    return (SliceSet.from_volumes(prepared[:-n_val]),
+            SliceSet.from_volumes(prepared[-n_val:]))
+
+
+def phantom_slices(config: Config, data_dir: str | os.PathLike,
+                   progress: bool = True) -> tuple[SliceSet, SliceSet]:
+    """Train/validation target-site slices of the built-in data set (generated if needed)."""
+    from bh_jax.data.phantom import ensure_phantom
+
+    manifest = ensure_phantom(data_dir, config.phantom, config.name, progress=progress)
+    target = manifest["target_site"]
+
+    def split(name: str) -> SliceSet:
+        entries = [e for e in manifest["images"] if e["site"] == target and e["split"] == name]
+        return SliceSet.from_volumes([prepare_entry(e, config.data) for e in entries])
+
+    return split("train"), split("val")
+
+
+def prepare_entry(entry: dict, config: DataConfig, key: str = "path") -> PreparedVolume:
+    """Loads a phantom manifest entry's image (or its truth: key='truth') with its mask."""
+    volume = load_volume(entry[key])
+    return prepare_volume(volume, config, load_mask(entry["mask"], volume))
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Indices of the training batch at `step` (a pure function of its arguments)."""
+    rng = np.random.default_rng([seed, step])
+    return rng.choice(n, size=batch_size, replace=n < batch_size)

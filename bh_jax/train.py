@@ -1,0 +1,225 @@
+"""Training the flow prior: optimizer, train state, train step, evaluation, loop.
+
+The train state is one pytree {"params", "opt_state", "step"}: exactly what
+orbax saves and restores. `train` is resumable: run it again on the same
+workdir and it continues from the latest checkpoint, drawing the same batches
+and dequantisation noise as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bh_jax.checkpoint import (METRICS_FILE, REFERENCE_FILE, CheckpointError, StateCheckpoints,
+                               read_config, save_config)
+from bh_jax.config import Config, TrainConfig
+from bh_jax.flows.model import FlowModel, count_params
+from bh_jax.input_pipeline import SliceSet, batch_indices
+from bh_jax.io import write_json_atomic
+from bh_jax.reference import TargetReference
+from bh_jax.sharding import check_batch_size, data_mesh, replicate, shard_batch
+
+SAMPLE_TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Adam with linear warm-up and cosine decay to 0, after global-norm clipping."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=config.learning_rate,
+        warmup_steps=min(config.warmup_steps, max(config.steps - 1, 0)),
+        decay_steps=max(config.steps, 1), end_value=0.0)
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(schedule))
+
+
+def create_state(model: FlowModel, config: TrainConfig, key: jax.Array,
+                 init_batch: jnp.ndarray) -> dict:
+    """A fresh train state; ActNorm is initialised from `init_batch` [B, H, W, 1]."""
+    params = model.init(key, init_batch)
+    return {"params": params, "opt_state": make_optimizer(config).init(params),
+            "step": jnp.zeros((), jnp.int32)}
+
+
+def abstract_state(model: FlowModel, config: TrainConfig) -> Any:
+    """Shapes and dtypes of a train state, without computing one."""
+    batch = jnp.zeros((2, *model.image_shape), jnp.float32)
+    return jax.eval_shape(lambda: create_state(model, config, jax.random.PRNGKey(0), batch))
+
+
+def make_train_step(model: FlowModel, config: TrainConfig) -> Callable:
+    """jit-compiled (state, batch [B, H, W, 1] in [0, 1], key) -> (state, bpd)."""
+    optimizer = make_optimizer(config)
+
+    def loss_fn(params, batch, key):
+        return jnp.mean(model.bits_per_dim(params, model.dequantize(key, batch)))
+
+    @jax.jit
+    def train_step(state, batch, key):
+        key = jax.random.fold_in(key, state["step"])
+        bpd, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, bpd
+
+    return train_step
+
+
+def make_eval_step(model: FlowModel) -> Callable:
+    """jit-compiled (params, batch, key) -> bits/dim [B] of the dequantised batch."""
+    return jax.jit(lambda params, batch, key: model.bits_per_dim(
+        params, model.dequantize(key, batch)))
+
+
+def evaluate(eval_step: Callable, params: dict, data: SliceSet, batch_size: int,
+             mesh, seed: int = 0) -> float:
+    """Mean bits/dim over all of `data`, in fixed-size batches (the last one padded)."""
+    total, count = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        index = np.arange(start, start + batch_size) % len(data)
+        batch = shard_batch(mesh, data.slices[index][..., None])
+        bpd = np.asarray(eval_step(params, batch, jax.random.PRNGKey(seed + start)))
+        valid = min(batch_size, len(data) - start)
+        total += float(bpd[:valid].sum())
+        count += valid
+    return total / max(count, 1)
+
+
+def _check_resume(workdir: Path, config: Config) -> None:
+    saved = read_config(workdir)
+    if saved.flow != config.flow or saved.data != config.data:
+        raise CheckpointError(
+            f"{workdir}: holds a checkpoint of a different model or slice size "
+            f"(saved preset {saved.name!r}); use another --workdir or the same settings")
+
+
+def save_samples_png(model: FlowModel, params: dict, path: Path, seed: int = 0,
+                     per_row: int = 6) -> Path:
+    """A grid of samples, one row per temperature."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(SAMPLE_TEMPERATURES), per_row,
+                             figsize=(1.6 * per_row, 1.6 * len(SAMPLE_TEMPERATURES)),
+                             squeeze=False)
+    for row, temperature in enumerate(SAMPLE_TEMPERATURES):
+        images = np.asarray(model.sample(params, jax.random.PRNGKey(seed + row), per_row,
+                                         temperature))
+        for col in range(per_row):
+            ax = axes[row, col]
+            ax.imshow(np.rot90(np.clip(images[col, :, :, 0], 0, 1)), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[row, 0].set_ylabel(f"T = {temperature}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: SliceSet,
+          progress: bool = True, stop_at: int | None = None,
+          devices: list | None = None) -> dict:
+    """Trains (or resumes training) the flow prior in `workdir`.
+
+    Args:
+      config: model, data and optimisation settings; saved as config.json.
+      workdir: checkpoint folder (created); if it holds a checkpoint of the same
+        model, training resumes from its latest step.
+      train_set, val_set: target-site slices.
+      progress: show a progress bar.
+      stop_at: stop (and checkpoint) after this step, as if interrupted.
+      devices: devices to shard batches over (default: all).
+    Returns:
+      The metrics written to workdir/metrics.json.
+    """
+    from tqdm.auto import tqdm
+
+    workdir = Path(workdir).absolute()
+    tc = config.train
+    model = FlowModel(config.flow, config.data.height, config.data.width)
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise ValueError("no training or validation slices")
+    mesh = data_mesh(devices)
+    check_batch_size(mesh, tc.batch_size)
+    resuming = (workdir / "config.json").is_file()
+    if resuming:
+        _check_resume(workdir, config)
+    save_config(workdir, config)
+    TargetReference.from_slices(train_set.slices, train_set.masks).save(workdir / REFERENCE_FILE)
+
+    checkpoints = StateCheckpoints(workdir, tc.keep_last)
+    history: list[dict] = []
+    metrics_path = workdir / METRICS_FILE
+    try:
+        key = jax.random.PRNGKey(tc.seed)
+        if resuming and checkpoints.latest_step() is not None:
+            abstract = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                               sharding=jax.sharding.NamedSharding(
+                                                   mesh, jax.sharding.PartitionSpec())),
+                abstract_state(model, tc))
+            _, state = checkpoints.restore(abstract)
+            if metrics_path.is_file():
+                history = json.loads(metrics_path.read_text()).get("history", [])
+        else:
+            init = train_set.slices[batch_indices(len(train_set), tc.batch_size, tc.seed + 1, 0)]
+            state = replicate(mesh, create_state(model, tc, jax.random.PRNGKey(config.flow.seed),
+                                                 jnp.asarray(init[..., None])))
+        start = int(state["step"])
+        end = tc.steps if stop_at is None else min(stop_at, tc.steps)
+        train_step, eval_step = make_train_step(model, tc), make_eval_step(model)
+        bar = tqdm(total=tc.steps, initial=start, desc="train", disable=not progress,
+                   unit="step", dynamic_ncols=True)
+        if start == 0 and not history:  # the starting point, for comparison
+            history.append({"step": 0, "train_bpd": None, "images_per_s": None,
+                            "val_bpd": evaluate(eval_step, state["params"], val_set,
+                                                tc.batch_size, mesh)})
+        tick, window_start = time.perf_counter(), start
+        for step in range(start, end):
+            index = batch_indices(len(train_set), tc.batch_size, tc.seed, step)
+            batch = shard_batch(mesh, train_set.slices[index][..., None])
+            state, bpd = train_step(state, batch, key)
+            done = step + 1
+            if done % tc.eval_every == 0 or done == end:
+                bpd = float(bpd)
+                if not math.isfinite(bpd):
+                    raise FloatingPointError(f"training diverged at step {done} (bpd {bpd}); "
+                                             "lower train.learning_rate")
+                val_bpd = evaluate(eval_step, state["params"], val_set, tc.batch_size, mesh)
+                rate = tc.batch_size * (done - window_start) / (time.perf_counter() - tick)
+                history.append({"step": done, "train_bpd": bpd, "val_bpd": val_bpd,
+                                "images_per_s": rate})
+                checkpoints.save(done, state, val_bpd)
+                _write_metrics(metrics_path, model, state, history)
+                tick, window_start = time.perf_counter(), done
+                bar.set_postfix(bpd=f"{bpd:.3f}", val=f"{val_bpd:.3f}", img_s=f"{rate:.0f}")
+            bar.update(1)
+        bar.close()
+        if done_training := int(state["step"]) >= tc.steps:
+            save_samples_png(model, state["params"], workdir / "samples.png", tc.seed)
+        metrics = _write_metrics(metrics_path, model, state, history, finished=done_training)
+    finally:
+        checkpoints.close()
+    return metrics
+
+
+def _write_metrics(path: Path, model: FlowModel, state: dict, history: list[dict],
+                   finished: bool = False) -> dict:
+    best = min(history, key=lambda h: h["val_bpd"]) if history else None
+    metrics = {"step": int(state["step"]), "finished": finished,
+               "params": count_params(state["params"]),
+               "best_val_bpd": best["val_bpd"] if best else None,
+               "best_step": best["step"] if best else None,
+               "final_val_bpd": history[-1]["val_bpd"] if history else None,
+               "history": history}
+    write_json_atomic(path, metrics)
+    return metrics
