@@ -8,6 +8,7 @@ and dequantisation noise as an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -43,7 +44,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 def create_state(model: FlowModel, config: TrainConfig, key: jax.Array,
                  init_batch: jnp.ndarray) -> dict:
     """A fresh train state; ActNorm is initialised from `init_batch` [B, H, W, 1]."""
-    params = model.init(key, init_batch)
+    params = jax.jit(model.init)(key, init_batch)  # eager, the many small ops are slow
     return {"params": params, "opt_state": make_optimizer(config).init(params),
             "step": jnp.zeros((), jnp.int32)}
 
@@ -54,6 +55,7 @@ def abstract_state(model: FlowModel, config: TrainConfig) -> Any:
     return jax.eval_shape(lambda: create_state(model, config, jax.random.PRNGKey(0), batch))
 
 
+@functools.lru_cache(maxsize=8)
 def make_train_step(model: FlowModel, config: TrainConfig) -> Callable:
     """jit-compiled (state, batch [B, H, W, 1] in [0, 1], key) -> (state, bpd)."""
     optimizer = make_optimizer(config)
@@ -72,6 +74,7 @@ def make_train_step(model: FlowModel, config: TrainConfig) -> Callable:
     return train_step
 
 
+@functools.lru_cache(maxsize=8)
 def make_eval_step(model: FlowModel) -> Callable:
     """jit-compiled (params, batch, key) -> bits/dim [B] of the dequantised batch."""
     return jax.jit(lambda params, batch, key: model.bits_per_dim(
@@ -92,7 +95,11 @@ def evaluate(eval_step: Callable, params: dict, data: SliceSet, batch_size: int,
     return total / max(count, 1)
 
 
-def _check_resume(workdir: Path, config: Config) -> None:
+def check_resume(workdir: str | Path, config: Config) -> None:
+    """Raises CheckpointError if `workdir` holds a different model or slice size."""
+    workdir = Path(workdir)
+    if not (workdir / "config.json").is_file():
+        return
     saved = read_config(workdir)
     if saved.flow != config.flow or saved.data != config.data:
         raise CheckpointError(
@@ -111,9 +118,9 @@ def save_samples_png(model: FlowModel, params: dict, path: Path, seed: int = 0,
     fig, axes = plt.subplots(len(SAMPLE_TEMPERATURES), per_row,
                              figsize=(1.6 * per_row, 1.6 * len(SAMPLE_TEMPERATURES)),
                              squeeze=False)
+    sample = jax.jit(model.sample, static_argnums=2)
     for row, temperature in enumerate(SAMPLE_TEMPERATURES):
-        images = np.asarray(model.sample(params, jax.random.PRNGKey(seed + row), per_row,
-                                         temperature))
+        images = np.asarray(sample(params, jax.random.PRNGKey(seed + row), per_row, temperature))
         for col in range(per_row):
             ax = axes[row, col]
             ax.imshow(np.rot90(np.clip(images[col, :, :, 0], 0, 1)), cmap="gray", vmin=0, vmax=1)
@@ -151,8 +158,7 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
     mesh = data_mesh(devices)
     check_batch_size(mesh, tc.batch_size)
     resuming = (workdir / "config.json").is_file()
-    if resuming:
-        _check_resume(workdir, config)
+    check_resume(workdir, config)
     save_config(workdir, config)
     TargetReference.from_slices(train_set.slices, train_set.masks).save(workdir / REFERENCE_FILE)
 

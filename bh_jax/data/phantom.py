@@ -318,12 +318,18 @@ def load_manifest(folder: str | Path) -> dict:
 
 def ensure_phantom(folder: str | Path, cfg: PhantomConfig, preset: str = "custom",
                    progress: bool = True) -> dict:
-    """Loads the data set in `folder`, generating it first if absent or different."""
+    """Loads the data set in `folder`, generating it first if absent.
+
+    Raises:
+      ValueError: the folder holds a data set made with other settings.
+    """
     folder = Path(folder)
     if (folder / MANIFEST).is_file():
         manifest = load_manifest(folder)
-        if manifest["config"] == asdict(cfg):
-            return manifest
+        if manifest["config"] != asdict(cfg):
+            raise ValueError(f"{folder}: holds the built-in data set of preset "
+                             f"{manifest['preset']!r} with other settings; use another folder")
+        return manifest
     generate(folder, cfg, preset, progress=progress)
     return load_manifest(folder)
 
