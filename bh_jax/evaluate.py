@@ -101,3 +101,10 @@ def site_report(manifest: dict, config: DataConfig) -> str:
     results = evaluate_methods(manifest, config, classical_methods(reference))
     return ("In-mask PSNR (dB) / SSIM against the target-site truth, test subjects:\n"
             + format_table(results))
+
+
+def blindharmony_method(harmonizer, reference: TargetReference) -> Method:
+    """BlindHarmony with a compiled `Harmonizer` as an evaluation method."""
+    from bh_jax.harmonize import harmonize_volume
+
+    return lambda p: harmonize_volume(harmonizer, p, reference).slices

@@ -12,26 +12,10 @@ import pytest
 
 from bh_jax.checkpoint import load_flow
 from bh_jax.flows.model import FlowModel
-from bh_jax.input_pipeline import phantom_slices
 from bh_jax.sharding import data_mesh, replicate, shard_batch
 from bh_jax.train import create_state, make_train_step, train
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_slices(tiny_phantom, tiny_config):
-    folder, _ = tiny_phantom
-    return phantom_slices(tiny_config, folder, progress=False)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_config, tiny_slices):
-    """A tiny flow trained for a few hundred steps."""
-    workdir = tmp_path_factory.mktemp("trained")
-    config = tiny_config.replace(train={"steps": 240, "eval_every": 80})
-    metrics = train(config, workdir, *tiny_slices, progress=False, devices=jax.devices()[:1])
-    return workdir, config, metrics
 
 
 def test_training_lowers_validation_bpd(trained):

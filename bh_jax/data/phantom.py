@@ -72,7 +72,7 @@ class SiteProtocol:
 
 
 SITES: dict[str, SiteProtocol] = {
-    TARGET_SITE: SiteProtocol("ir", tr=2300, te=3, ti=900, bias=0.05, noise=0.015,
+    TARGET_SITE: SiteProtocol("ir", tr=2300, te=3, ti=900, bias=0.1, noise=0.015,
                               description="MPRAGE-like IR, TI 900 ms (target)"),
     "siteA": SiteProtocol("ir", tr=2000, te=3, ti=1000, bias=0.12, noise=0.025, gain=700,
                           description="MPRAGE-like IR, TI 1000 ms, mild bias (mild gap)"),
@@ -178,9 +178,9 @@ def make_anatomy(rng: np.random.Generator, voxel_mm: float) -> Anatomy:
     wm = wm * (1.0 - 0.5 * atrophy * near_csf)
     csf = np.clip(mask - gm - wm, 0.0, 1.0)
     texture_sigma = 6.0 / voxel_mm
-    t1_factor = {t: rng.uniform(0.93, 1.07) * (1.0 + 0.03 * _smooth_field(rng, shape, texture_sigma))
+    t1_factor = {t: rng.uniform(0.88, 1.12) * (1.0 + 0.03 * _smooth_field(rng, shape, texture_sigma))
                  for t in TISSUES}
-    pd_factor = {t: float(rng.uniform(0.95, 1.05)) for t in TISSUES}
+    pd_factor = {t: float(rng.uniform(0.92, 1.08)) for t in TISSUES}
     return Anatomy(gm=gm.astype(np.float32), wm=wm.astype(np.float32),
                    csf=csf.astype(np.float32), mask=mask, t1_factor=t1_factor,
                    pd_factor=pd_factor)

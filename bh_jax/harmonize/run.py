@@ -1,0 +1,137 @@
+"""Harmonize files: load, harmonize in packed batches, write NIfTI + JSON (+ PNG).
+
+Used by harmonize.py. One failing subject does not stop the others; every
+output is written atomically, and nothing is written for a failed subject.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bh_jax.checkpoint import LoadedFlow
+from bh_jax.harmonize.engine import Harmonizer
+from bh_jax.harmonize.pipeline import HarmonizedVolume, classical, harmonize_volumes
+from bh_jax.harmonize.solvers import SolverConfig
+from bh_jax.input_pipeline import load_prepared, mask_for
+from bh_jax.io import BadInputError, save_like, write_json_atomic
+from bh_jax.preprocess import reassemble
+
+
+@dataclass(frozen=True)
+class Job:
+    input: Path
+    output: Path  # .../<name>_harmonized.nii.gz
+
+    @property
+    def report(self) -> Path:
+        return self.output.with_name(self.output.name.replace(".nii.gz", ".json"))
+
+    @property
+    def figure(self) -> Path:
+        return self.output.with_name(self.output.name.replace(".nii.gz", ".png"))
+
+
+def save_qc_png(result: HarmonizedVolume, path: Path, n_slices: int = 3) -> None:
+    """Source / harmonized / difference for a few evenly spaced slices."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(result.slices)
+    picks = np.linspace(n * 0.25, n * 0.75, n_slices).astype(int) if n else []
+    fig, axes = plt.subplots(len(picks), 3, figsize=(6, 2.1 * len(picks)), squeeze=False)
+    for row, i in enumerate(picks):
+        src, out = result.prepared.slices[i], result.slices[i]
+        for col, (image, title, cmap, lim) in enumerate([
+                (src, "source", "gray", (0, 1)), (out, "harmonized", "gray", (0, 1)),
+                (out - src, "difference", "RdBu_r", (-0.5, 0.5))]):
+            ax = axes[row, col]
+            ax.imshow(np.rot90(image), cmap=cmap, vmin=lim[0], vmax=lim[1])
+            ax.set_xticks([]), ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+        axes[row, 0].set_ylabel(f"z = {result.prepared.slice_indices[i]}", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _write(job: Job, result: HarmonizedVolume, flow: LoadedFlow, method: str,
+           settings: SolverConfig | None, output_scale: str, qc_png: bool,
+           timings: dict[str, float], mask_source: str) -> None:
+    prepared = result.prepared
+    start = time.perf_counter()
+    volume = reassemble(prepared, result.slices, output_scale)
+    save_like(job.output, volume, prepared.volume)
+    if qc_png:
+        save_qc_png(result, job.figure)
+    timings["write_s"] = time.perf_counter() - start
+    write_json_atomic(job.report, {
+        "input": str(job.input), "output": str(job.output), "method": method,
+        "settings": asdict(settings) if settings else None,
+        "checkpoint": flow.identity, "mask": mask_source, "output_scale": output_scale,
+        "intensity_high": prepared.scale.high, "slice_indices": prepared.slice_indices,
+        "timings": timings,
+        "diagnostics": {k: np.asarray(v).tolist() for k, v in result.diagnostics.items()},
+    })
+
+
+def run_jobs(jobs: list[Job], flow: LoadedFlow, method: str, settings: SolverConfig,
+             batch_size: int, mask_dir=None, output_scale: str = "input",
+             qc_png: bool = False, chunk: int = 8, progress: bool = True,
+             devices=None) -> list[tuple[Path, str]]:
+    """Harmonizes every job; returns [(input, reason)] for those that failed."""
+    from tqdm.auto import tqdm
+
+    harmonizer = (Harmonizer(flow.model, flow.params, settings, batch_size, devices)
+                  if method == "blindharmony" else None)
+    failures: list[tuple[Path, str]] = []
+    bar = tqdm(total=0, unit="slice", desc="harmonize", disable=not progress)
+    done = 0
+    min_size = 2 ** flow.config.flow.levels
+    for first in range(0, len(jobs), chunk):
+        loaded = []
+        for job in jobs[first:first + chunk]:
+            start = time.perf_counter()
+            try:
+                mask_path = mask_for(job.input, mask_dir)
+                prepared = load_prepared(job.input, flow.config.data, mask_path, min_size)
+            except BadInputError as err:
+                failures.append((job.input, str(err)))
+                continue
+            loaded.append((job, prepared, time.perf_counter() - start,
+                           str(mask_path) if mask_path else "automatic"))
+        bar.total += sum(len(p.slices) for _, p, _, _ in loaded)
+        bar.refresh()
+        start = time.perf_counter()
+        if harmonizer is not None:
+            results = harmonize_volumes(harmonizer, [p for _, p, _, _ in loaded],
+                                        flow.reference, bar)
+        else:
+            results = [classical(method, p, flow.reference) for _, p, _, _ in loaded]
+            bar.update(sum(len(p.slices) for _, p, _, _ in loaded))
+        seconds = time.perf_counter() - start
+        n_slices = max(sum(len(r.slices) for r in results), 1)
+        for (job, _, load_s, mask_source), result in zip(loaded, results):
+            timings = {"load_s": load_s,
+                       "harmonize_s": seconds * len(result.slices) / n_slices}
+            try:
+                _write(job, result, flow, method,
+                       settings if harmonizer is not None else None,
+                       output_scale, qc_png, timings, mask_source)
+            except (OSError, ValueError) as err:
+                for partial in (job.output, job.report, job.figure):
+                    partial.unlink(missing_ok=True)
+                failures.append((job.input, f"{job.output}: could not write ({err})"))
+                continue
+            done += 1
+            bar.set_postfix(subjects=f"{done}/{len(jobs)}")
+    bar.close()
+    return failures

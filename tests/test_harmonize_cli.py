@@ -1,0 +1,95 @@
+"""harmonize.py end to end: outputs, geometry, skip/resume, one bad subject among good ones."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _harmonize(*args):
+    return subprocess.run([sys.executable, str(ROOT / "harmonize.py"), "--no-progress",
+                           *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_phantom, tmp_path_factory):
+    """Two good source volumes (copied: inputs must stay untouched) and a truncated one."""
+    _, manifest = tiny_phantom
+    folder = tmp_path_factory.mktemp("inputs")
+    entries = [e for e in manifest["images"] if e["split"] == "test" and e["site"] == "siteB"]
+    good = []
+    (folder / "masks").mkdir()
+    for entry in entries[:2]:
+        target = folder / Path(entry["path"]).name
+        target.write_bytes(Path(entry["path"]).read_bytes())
+        mask_name = target.name.replace(".nii.gz", "_mask.nii.gz")
+        (folder / "masks" / mask_name).write_bytes(Path(entry["mask"]).read_bytes())
+        good.append(target)
+    bad = folder / "broken.nii.gz"
+    bad.write_bytes(good[0].read_bytes()[:2000])
+    (folder / "masks" / "broken_mask.nii.gz").write_bytes(Path(entries[0]["mask"]).read_bytes())
+    return good, bad, [e["mask"] for e in entries[:2]]
+
+
+def test_batch_run_with_a_bad_subject_then_resume(trained, inputs, tmp_path):
+    workdir = trained[0]
+    good, bad, masks = inputs
+    before = [p.read_bytes() for p in good]
+    out = tmp_path / "out"
+    first = _harmonize(*good, bad, "--checkpoint", workdir, "--output-dir", out,
+                       "--steps", "2", "--batch-size", "8", "--qc-png",
+                       "--mask-dir", good[0].parent / "masks")
+    assert first.returncode == 1, first.stderr
+    assert f"{bad}: truncated or corrupt" in first.stderr
+    assert "harmonized 2, skipped 0, failed 1" in first.stdout
+    assert not list(out.glob("broken*")), "no output for the failed subject"
+    for path, raw, mask in zip(good, before, masks):
+        name = path.name.replace(".nii.gz", "_harmonized")
+        result, source = nib.load(str(out / f"{name}.nii.gz")), nib.load(str(path))
+        assert result.shape == source.shape
+        np.testing.assert_array_equal(result.affine, source.affine)
+        np.testing.assert_array_equal(result.header.get_sform(), source.header.get_sform())
+        assert result.header["qform_code"] == source.header["qform_code"]
+        assert result.get_data_dtype() == np.float32
+        data = result.get_fdata()
+        assert np.all(np.isfinite(data))
+        outside = nib.load(mask).get_fdata() == 0
+        np.testing.assert_array_equal(data[outside], source.get_fdata()[outside])
+        report = json.loads((out / f"{name}.json").read_text())
+        assert report["checkpoint"]["step"] == trained[2]["best_step"]
+        assert len(report["diagnostics"]["bpd_result"]) == len(report["slice_indices"]) > 0
+        assert (out / f"{name}.png").is_file()
+        assert path.read_bytes() == raw, "inputs must not be modified"
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
+    second = _harmonize(*good, "--checkpoint", workdir, "--output-dir", out, "--steps", "2",
+                        "--batch-size", "8")
+    assert second.returncode == 0, second.stderr
+    assert "0 to harmonize, 2 already done" in second.stdout
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
+
+
+def test_classical_methods_and_overwrite(trained, inputs, tmp_path):
+    good = inputs[0]
+    for method in ("hm", "ssimh"):
+        result = _harmonize(good[0], "--checkpoint", trained[0], "--output-dir", tmp_path,
+                            "--method", method, "--overwrite")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(next(tmp_path.glob("*.json")).read_text())
+        assert report["method"] == method
+
+
+def test_clear_errors_for_missing_checkpoint_and_inputs(tmp_path, inputs, trained):
+    result = _harmonize(inputs[0][0], "--checkpoint", tmp_path / "nope", "--output-dir", tmp_path)
+    assert result.returncode == 2 and "config.json: not found" in result.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _harmonize(empty, "--checkpoint", trained[0], "--output-dir", tmp_path)
+    assert result.returncode == 2 and "no NIfTI files" in result.stderr
+    assert not list(tmp_path.glob("*harmonized*"))
