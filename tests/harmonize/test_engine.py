@@ -66,3 +66,28 @@ def test_latent_solver_lowers_its_objective(flow, volumes):
 def test_rejects_batch_not_divisible_by_devices(flow):
     with pytest.raises(ValueError, match="multiple of the number of devices"):
         Harmonizer(flow.model, flow.params, SolverConfig(), batch_size=6)
+
+
+def test_vmapped_solver_on_random_weights_does_not_crash(tmp_path):
+    """Regression: jaxlib's CPU scheduler segfaulted here without bh_jax's XLA flag."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "crash.py"
+    script.write_text(
+        "import jax, numpy as np\n"
+        "import bh_jax\n"
+        "from bh_jax.config import get_preset\n"
+        "from bh_jax.flows.model import FlowModel\n"
+        "cfg = get_preset('tiny'); model = FlowModel(cfg.flow, 32, 32)\n"
+        "x = jax.random.uniform(jax.random.PRNGKey(0), (8, 32, 32, 1))\n"
+        "params = jax.jit(model.init)(jax.random.PRNGKey(1), x)\n"
+        "images = np.asarray(x[..., 0])\n"
+        "h = bh_jax.Harmonizer(model, params, bh_jax.SolverConfig(steps=1), batch_size=8)\n"
+        "out, _ = h.harmonize_slices(images, np.ones_like(images, bool), images)\n"
+        "print('finite', bool(np.isfinite(out).all()))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "finite True" in result.stdout

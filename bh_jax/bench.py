@@ -1,0 +1,208 @@
+"""Benchmarks and experiments (long runs; never part of the test suite).
+
+    python -m bh_jax.bench flow --preset reference --batch-size 8
+    python -m bh_jax.bench harmonize --preset demo
+    python -m bh_jax.bench sweep --checkpoint runs/demo      # validation subjects only
+    python -m bh_jax.bench quality --checkpoint runs/demo    # held-out test subjects
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def machine() -> str:
+    device = jax.devices()[0]
+    kind = getattr(device, "device_kind", device.platform)
+    import os
+
+    return (f"{jax.device_count()} x {kind} ({device.platform}), {os.cpu_count()} CPU cores, "
+            f"{platform.processor() or platform.machine()}, jax {jax.__version__}")
+
+
+def _timed(fn, *args, repeats: int = 3) -> tuple[float, float]:
+    """(first call incl. compile, best of `repeats` later calls), seconds."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - start
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return first, best
+
+
+def _random_model(preset: str, batch: int):
+    from bh_jax.config import get_preset
+    from bh_jax.flows.model import FlowModel
+
+    config = get_preset(preset)
+    model = FlowModel(config.flow, config.data.height, config.data.width)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (batch, *model.image_shape))
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), x)
+    return config, model, params, x
+
+
+def bench_flow(preset: str, batch: int, repeats: int) -> dict:
+    """Parameters, compile time, training images/s, forward+inverse passes/s."""
+    from bh_jax.flows.model import count_params
+    from bh_jax.train import make_optimizer, make_train_step
+
+    config, model, params, x = _random_model(preset, batch)
+    state = {"params": params, "opt_state": make_optimizer(config.train).init(params),
+             "step": jnp.zeros((), jnp.int32)}
+    step = make_train_step(model, config.train)
+    key = jax.random.PRNGKey(2)
+    train_first, train_best = _timed(lambda: step(state, x, key)[1], repeats=repeats)
+    round_trip = jax.jit(lambda p, v: model.decode(p, model.encode(p, v)))
+    rt_first, rt_best = _timed(round_trip, params, x, repeats=repeats)
+    return {"benchmark": "flow", "preset": preset, "image": list(model.image_shape[:2]),
+            "batch": batch, "params": count_params(params),
+            "train_compile_s": train_first - train_best, "train_images_per_s": batch / train_best,
+            "fwd_inv_compile_s": rt_first - rt_best,
+            "fwd_inv_slices_per_s": batch / rt_best, "machine": machine()}
+
+
+def bench_harmonize(preset: str, batch: int, steps: int | None, repeats: int) -> list[dict]:
+    """Slices/s of each solver with its default settings (random weights: speed only)."""
+    from bh_jax.harmonize import Harmonizer
+    from bh_jax.harmonize.defaults import default_settings
+
+    config, model, params, x = _random_model(preset, batch)
+    images = np.asarray(x[..., 0])
+    brains = np.ones_like(images, bool)
+    rows = []
+    for solver in ("latent", "alternating"):
+        settings = default_settings(solver)
+        if steps:
+            settings = replace(settings, steps=steps)
+        harmonizer = Harmonizer(model, params, settings, batch_size=batch)
+        first, best = _timed(harmonizer.harmonize_slices, images, brains, images, repeats=repeats)
+        rows.append({"benchmark": "harmonize", "preset": preset, "solver": solver,
+                     "steps": settings.steps, "batch": batch, "compile_s": first - best,
+                     "slices_per_s": batch / best, "machine": machine()})
+    return rows
+
+
+def _evaluation(checkpoint: str, data_dir: str | None):
+    from bh_jax.checkpoint import load_flow
+    from bh_jax.data.phantom import ensure_phantom
+
+    flow = load_flow(checkpoint)
+    manifest = ensure_phantom(data_dir or f"data/phantom-{flow.config.name}",
+                              flow.config.phantom, flow.config.name)
+    return flow, manifest
+
+
+def quality(checkpoint: str, data_dir: str | None, batch: int, split: str = "test",
+            sites: list[str] | None = None, settings=None) -> dict:
+    """Source / HM / SSIMH / BlindHarmony PSNR and SSIM on one split of the built-in data."""
+    from bh_jax.evaluate import (blindharmony_method, classical_methods, evaluate_methods)
+    from bh_jax.harmonize import Harmonizer
+    from bh_jax.harmonize.defaults import default_settings
+
+    flow, manifest = _evaluation(checkpoint, data_dir)
+    settings = settings or default_settings()
+    harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=batch)
+    methods = classical_methods(flow.reference)
+    methods["BlindHarmony"] = blindharmony_method(harmonizer, flow.reference)
+    start = time.perf_counter()
+    results = evaluate_methods(manifest, flow.config.data, methods, sites=sites, split=split,
+                               progress=True)
+    return {"split": split, "settings": asdict(settings), "checkpoint": flow.identity,
+            "seconds": time.perf_counter() - start, "machine": machine(), "results": results}
+
+
+SWEEP_SITES = ["exp", "log", "gamma0.7", "siteA", "siteB", "siteC", "siteD"]
+
+
+def sweep(checkpoint: str, data_dir: str | None, batch: int, b2s, alphas, lrs, steps) -> list[dict]:
+    """Grid over (b2, alpha, learning rate, steps) on the VALIDATION subjects."""
+    from bh_jax.harmonize import Weights
+    from bh_jax.harmonize.defaults import default_settings
+
+    rows = []
+    for b2, alpha, lr, n in itertools.product(b2s, alphas, lrs, steps):
+        settings = replace(default_settings(), weights=Weights(1.0, b2, alpha),
+                           learning_rate=lr, steps=n)
+        out = quality(checkpoint, data_dir, batch, split="val", sites=SWEEP_SITES,
+                      settings=settings)["results"]
+        bh = [out[s]["BlindHarmony"]["psnr"] for s in out]
+        hm = [out[s]["HM"]["psnr"] for s in out]
+        row = {"b2": b2, "alpha": alpha, "learning_rate": lr, "steps": n,
+               "mean_psnr": float(np.mean(bh)), "mean_gain_over_hm": float(np.mean(bh) - np.mean(hm)),
+               **{f"{s}_psnr": out[s]["BlindHarmony"]["psnr"] for s in out}}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
+                      *("| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bh_jax.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    flow = sub.add_parser("flow", help="flow size and speed")
+    flow.add_argument("--preset", default="reference")
+    flow.add_argument("--batch-size", type=int, default=8)
+    harm = sub.add_parser("harmonize", help="harmonization slices/s per solver")
+    harm.add_argument("--preset", default="demo")
+    harm.add_argument("--batch-size", type=int, default=16)
+    harm.add_argument("--steps", type=int, help="override the solvers' default steps")
+    for name in ("sweep", "quality"):
+        p = sub.add_parser(name)
+        p.add_argument("--checkpoint", required=True)
+        p.add_argument("--data-dir")
+        p.add_argument("--batch-size", type=int, default=32)
+    sw = sub.choices["sweep"]
+    sw.add_argument("--b2", type=float, nargs="+", default=[0.0, 0.01, 0.1])
+    sw.add_argument("--alpha", type=float, nargs="+", default=[0.001, 0.01, 0.1])
+    sw.add_argument("--learning-rate", type=float, nargs="+", default=[0.05])
+    sw.add_argument("--steps", type=int, nargs="+", default=[100])
+    for p in sub.choices.values():
+        p.add_argument("--repeats", type=int, default=3)
+        p.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+
+    if args.command == "flow":
+        result = bench_flow(args.preset, args.batch_size, args.repeats)
+        print(_table([result]))
+    elif args.command == "harmonize":
+        result = bench_harmonize(args.preset, args.batch_size, args.steps, args.repeats)
+        print(_table(result))
+    elif args.command == "sweep":
+        result = sweep(args.checkpoint, args.data_dir, args.batch_size, args.b2, args.alpha,
+                       args.learning_rate, args.steps)
+        print(_table(result))
+    else:
+        from bh_jax.evaluate import format_table
+
+        result = quality(args.checkpoint, args.data_dir, args.batch_size)
+        print(f"In-mask PSNR (dB) / SSIM, {result['split']} subjects, "
+              f"checkpoint {result['checkpoint']['workdir']} step {result['checkpoint']['step']}, "
+              f"{result['machine']}:")
+        print(format_table(result["results"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
