@@ -107,7 +107,7 @@ def _evaluation(checkpoint: str, data_dir: str | None):
 
 
 def quality(checkpoint: str, data_dir: str | None, batch: int, split: str = "test",
-            sites: list[str] | None = None, settings=None) -> dict:
+            sites: list[str] | None = None, settings=None, slice_stride: int = 1) -> dict:
     """Source / HM / SSIMH / BlindHarmony PSNR and SSIM on one split of the built-in data."""
     from bh_jax.evaluate import (blindharmony_method, classical_methods, evaluate_methods)
     from bh_jax.harmonize import Harmonizer
@@ -117,18 +117,20 @@ def quality(checkpoint: str, data_dir: str | None, batch: int, split: str = "tes
     settings = settings or default_settings()
     harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=batch)
     methods = classical_methods(flow.reference)
-    methods["BlindHarmony"] = blindharmony_method(harmonizer, flow.reference)
+    methods["BlindHarmony"] = blindharmony_method(harmonizer, flow.reference, progress=True)
     start = time.perf_counter()
     results = evaluate_methods(manifest, flow.config.data, methods, sites=sites, split=split,
-                               progress=True)
-    return {"split": split, "settings": asdict(settings), "checkpoint": flow.identity,
+                               progress=True, slice_stride=slice_stride)
+    return {"split": split, "slice_stride": slice_stride, "settings": asdict(settings),
+            "checkpoint": flow.identity,
             "seconds": time.perf_counter() - start, "machine": machine(), "results": results}
 
 
 SWEEP_SITES = ["exp", "log", "gamma0.7", "siteA", "siteB", "siteC", "siteD"]
 
 
-def sweep(checkpoint: str, data_dir: str | None, batch: int, b2s, alphas, lrs, steps) -> list[dict]:
+def sweep(checkpoint: str, data_dir: str | None, batch: int, b2s, alphas, lrs, steps,
+          slice_stride: int = 1) -> list[dict]:
     """Grid over (b2, alpha, learning rate, steps) on the VALIDATION subjects."""
     from bh_jax.harmonize import Weights
     from bh_jax.harmonize.defaults import default_settings
@@ -138,7 +140,7 @@ def sweep(checkpoint: str, data_dir: str | None, batch: int, b2s, alphas, lrs, s
         settings = replace(default_settings(), weights=Weights(1.0, b2, alpha),
                            learning_rate=lr, steps=n)
         out = quality(checkpoint, data_dir, batch, split="val", sites=SWEEP_SITES,
-                      settings=settings)["results"]
+                      settings=settings, slice_stride=slice_stride)["results"]
         bh = [out[s]["BlindHarmony"]["psnr"] for s in out]
         hm = [out[s]["HM"]["psnr"] for s in out]
         row = {"b2": b2, "alpha": alpha, "learning_rate": lr, "steps": n,
@@ -171,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--checkpoint", required=True)
         p.add_argument("--data-dir")
         p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--slice-stride", type=int, default=1,
+                       help="use every k-th slice of each volume (quicker)")
     sw = sub.choices["sweep"]
     sw.add_argument("--b2", type=float, nargs="+", default=[0.0, 0.01, 0.1])
     sw.add_argument("--alpha", type=float, nargs="+", default=[0.001, 0.01, 0.1])
@@ -189,12 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         print(_table(result))
     elif args.command == "sweep":
         result = sweep(args.checkpoint, args.data_dir, args.batch_size, args.b2, args.alpha,
-                       args.learning_rate, args.steps)
+                       args.learning_rate, args.steps, args.slice_stride)
         print(_table(result))
     else:
         from bh_jax.evaluate import format_table
 
-        result = quality(args.checkpoint, args.data_dir, args.batch_size)
+        result = quality(args.checkpoint, args.data_dir, args.batch_size,
+                         slice_stride=args.slice_stride)
         print(f"In-mask PSNR (dB) / SSIM, {result['split']} subjects, "
               f"checkpoint {result['checkpoint']['workdir']} step {result['checkpoint']['step']}, "
               f"{result['machine']}:")

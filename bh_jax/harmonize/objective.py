@@ -24,7 +24,7 @@ class Weights:
     """b1 (correlation), b2 (edges), alpha (prior) of the objective."""
 
     b1: float = 1.0
-    b2: float = 1.0
+    b2: float = 0.0
     alpha: float = 0.01
 
 

@@ -4,7 +4,7 @@ Both are pure functions of (params, source, brain, x_init), vmapped over
 slices by `bh_jax.harmonize.engine`, with their whole loop in one `lax.scan`.
 
 * `latent` (default): an optax optimiser on z, gradients through f^-1,
-  z initialised as f(x_init).
+  z initialised as f(x_init); the iterate with the lowest objective is kept.
 * `alternating`: the published scheme: an image-space gradient step on the
   distance D, then z = (1 - alpha) f(x), x = clip(f^-1(z), 0, 1); if that
   produces NaN/Inf the image step is kept.
@@ -42,7 +42,7 @@ class SolverConfig:
     """
 
     solver: str = "latent"
-    steps: int = 100
+    steps: int = 30
     learning_rate: float = 0.05
     schedule: str = "cosine"
     weights: Weights = field(default_factory=Weights)
@@ -71,8 +71,8 @@ def _latent(model: FlowModel, params: dict, x: jnp.ndarray) -> jnp.ndarray:
 
 def _diagnostics(model, params, cfg, source, brain, non_edge, x_init, z_start, x_h, z_end):
     """Objective terms at start and end, and the prior's bits/dim of source and result."""
-    start = objective_terms(_image(model, params, z_start), z_start, source, brain, non_edge,
-                            cfg.gradient)
+    x_start = jnp.clip(_image(model, params, z_start), 0.0, 1.0) * brain
+    start = objective_terms(x_start, z_start, source, brain, non_edge, cfg.gradient)
     end = objective_terms(x_h, z_end, source, brain, non_edge, cfg.gradient)
     bpd = model.bits_per_dim(params, jnp.stack([source, x_h])[..., None])
     out = {f"{k}_start": v for k, v in start.items()}
@@ -97,13 +97,20 @@ def solve_latent(model: FlowModel, cfg: SolverConfig, params: dict, source: jnp.
                              cfg.weights)
 
     def step(carry, _):
-        z, opt_state = carry
+        z, opt_state, best_z, best_loss = carry
         value, grads = jax.value_and_grad(loss)(z)
+        # Keep the best iterate: Adam's sign-like first steps can overshoot a
+        # start that is already good (e.g. the histogram-matched source).
+        better = value < best_loss
+        best_z = jnp.where(better, z, best_z)
+        best_loss = jnp.where(better, value, best_loss)
         updates, opt_state = optimizer.update(grads, opt_state, z)
-        return (optax.apply_updates(z, updates), opt_state), value
+        return (optax.apply_updates(z, updates), opt_state, best_z, best_loss), value
 
     z0 = _latent(model, params, x_init)
-    (z, _), _ = jax.lax.scan(step, (z0, optimizer.init(z0)), None, length=cfg.steps)
+    carry = (z0, optimizer.init(z0), z0, jnp.asarray(jnp.inf, z0.dtype))
+    (z_last, _, z, best_loss), _ = jax.lax.scan(step, carry, None, length=cfg.steps)
+    z = jnp.where(loss(z_last) < best_loss, z_last, z)
     x_h = _image(model, params, z)
     ok = jnp.all(jnp.isfinite(x_h))
     x_h = jnp.where(ok, x_h, x_init)
