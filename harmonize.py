@@ -2,6 +2,7 @@
 
     python harmonize.py scans/*.nii.gz --checkpoint runs/demo --output-dir out
     python harmonize.py scans/ --mask-dir masks/ --checkpoint runs/demo --output-dir out --qc-png
+    python harmonize.py --demo     # built-in data + shipped checkpoint, prints a table
 
 Writes OUT/<name>_harmonized.nii.gz (the input's exact geometry) and
 OUT/<name>_harmonized.json (settings, checkpoint, timings, per-slice QC) for
@@ -25,9 +26,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("inputs", nargs="+", help="NIfTI files, folders or glob patterns")
-    parser.add_argument("--checkpoint", required=True, help="training folder of train.py")
-    parser.add_argument("--output-dir", required=True, help="where outputs are written")
+    parser.add_argument("inputs", nargs="*", help="NIfTI files, folders or glob patterns")
+    parser.add_argument("--checkpoint", help="training folder of train.py "
+                                             "(--demo: the shipped demo checkpoint)")
+    parser.add_argument("--output-dir", help="where outputs are written (--demo: out/demo)")
+    parser.add_argument("--demo", action="store_true",
+                        help="harmonize held-out subjects of the built-in data set and print "
+                             "Source / HM / SSIMH / BlindHarmony PSNR and SSIM")
+    parser.add_argument("--demo-subjects", type=int, default=1,
+                        help="--demo: held-out subjects per source site (default 1)")
+    parser.add_argument("--data-dir", help="--demo: the built-in data set (default OUT/data)")
     parser.add_argument("--mask-dir", help="brain masks matched by file name "
                                            "(default: automatic masks)")
     parser.add_argument("--method", default="blindharmony",
@@ -50,7 +58,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--distributed", action="store_true",
                         help="call jax.distributed.initialize() first (multi-host)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.demo:
+        if args.inputs:
+            parser.error("--demo takes no INPUT files")
+        args.output_dir = args.output_dir or "out/demo"
+    elif not args.inputs or not args.checkpoint or not args.output_dir:
+        parser.error("INPUT..., --checkpoint and --output-dir are required (or use --demo)")
+    return args
+
+
+def run_demo(args: argparse.Namespace, settings) -> int:
+    from bh_jax.harmonize.demo import run_demo as demo
+
+    result = demo(args.output_dir, args.data_dir, args.checkpoint, args.demo_subjects,
+                  settings, args.batch_size, progress=not args.no_progress)
+    print(f"In-mask PSNR (dB) / SSIM against the target-site truth, "
+          f"{args.demo_subjects} held-out subject(s) per site, checkpoint "
+          f"{result['checkpoint']['workdir']}:")
+    print(result["table"])
+    print(f"{len(result['outputs'])} harmonized volumes and {result['figure']} in "
+          f"{args.output_dir}; {result['seconds']:.0f} s")
+    return 0
 
 
 def solver_settings(args: argparse.Namespace):
@@ -72,12 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.distributed:
         jax.distributed.initialize()
     from bh_jax.checkpoint import CheckpointError, load_flow
-    from bh_jax.harmonize.run import Job, run_jobs
+    from bh_jax.harmonize.run import Job, output_path, run_jobs
     from bh_jax.input_pipeline import find_nifti
-    from bh_jax.io import strip_nifti_suffix
 
     try:
         settings = solver_settings(args)
+        if args.demo:
+            return run_demo(args, settings)
         flow = load_flow(args.checkpoint)
     except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -90,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.output_dir)
     jobs, skipped = [], 0
     for path in inputs:
-        output = out_dir / f"{strip_nifti_suffix(path.name)}_harmonized.nii.gz"
+        output = output_path(out_dir, path)
         if output.exists() and not args.overwrite:
             skipped += 1
             continue

@@ -4,10 +4,12 @@
 
 The package follows the data: `io` and `preprocess` (files -> slices),
 `data` (the built-in data set), `flows` (the prior), `train` (fitting it),
-`harmonize` (the engine), `baselines`, `metrics` and `evaluate`, `bench`.
+`harmonize` (the engine), `baselines` (classical and learned), `metrics`,
+`evaluate` and `tables`, `bench`; `pretrained` holds the shipped checkpoints.
 """
 
 from bh_jax import _xla_workarounds  # noqa: F401  (must run before jax starts a backend)
+from bh_jax import pretrained
 from bh_jax.checkpoint import load_flow
 from bh_jax.config import Config, get_preset
 from bh_jax.flows.model import FlowModel
@@ -19,4 +21,4 @@ __version__ = "0.1.0"
 
 __all__ = ["Config", "FlowModel", "Harmonizer", "SolverConfig", "Weights", "get_preset",
            "harmonize_volume", "harmonize_volumes", "load_flow", "load_volume",
-           "prepare_volume", "reassemble", "save_like"]
+           "prepare_volume", "pretrained", "reassemble", "save_like"]

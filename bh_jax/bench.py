@@ -3,7 +3,7 @@
     python -m bh_jax.bench flow --preset reference --batch-size 8
     python -m bh_jax.bench harmonize --preset demo
     python -m bh_jax.bench sweep --checkpoint runs/demo      # validation subjects only
-    python -m bh_jax.bench quality --checkpoint runs/demo    # held-out test subjects
+    python -m bh_jax.bench quality --checkpoint runs/demo --out runs/tables   # test subjects
 """
 
 from __future__ import annotations
@@ -106,24 +106,34 @@ def _evaluation(checkpoint: str, data_dir: str | None):
     return flow, manifest
 
 
-def quality(checkpoint: str, data_dir: str | None, batch: int, split: str = "test",
-            sites: list[str] | None = None, settings=None, slice_stride: int = 1) -> dict:
-    """Source / HM / SSIMH / BlindHarmony PSNR and SSIM on one split of the built-in data."""
-    from bh_jax.evaluate import (blindharmony_method, classical_methods, evaluate_methods)
-    from bh_jax.harmonize import Harmonizer
+def quality(checkpoint: str, data_dir: str | None, out: str, batch: int, quick: bool = False,
+            slice_stride: int = 1, **baselines) -> dict:
+    """The paper's tables on the test subjects (`bh_jax.tables`); --quick: a tiny run."""
     from bh_jax.harmonize.defaults import default_settings
+    from bh_jax.tables import QUICK, reproduce_tables
 
     flow, manifest = _evaluation(checkpoint, data_dir)
-    settings = settings or default_settings()
+    settings = default_settings()
+    steps = baselines.pop("baseline_steps", None)
+    if quick:
+        settings = replace(settings, steps=QUICK["solver_steps"])
+        steps, slice_stride = QUICK["baseline_steps"], max(slice_stride, QUICK["slice_stride"])
+    result = reproduce_tables(flow, manifest, out, settings, batch, baseline_steps=steps,
+                              slice_stride=slice_stride, **baselines)
+    result["machine"] = machine()
+    return result
+
+
+def _validation_scores(flow, manifest, settings, batch: int, slice_stride: int) -> dict:
+    """HM and BlindHarmony on the VALIDATION subjects."""
+    from bh_jax.evaluate import blindharmony_method, classical_methods, evaluate_methods
+    from bh_jax.harmonize import Harmonizer
+
     harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=batch)
-    methods = classical_methods(flow.reference)
-    methods["BlindHarmony"] = blindharmony_method(harmonizer, flow.reference, progress=True)
-    start = time.perf_counter()
-    results = evaluate_methods(manifest, flow.config.data, methods, sites=sites, split=split,
-                               progress=True, slice_stride=slice_stride)
-    return {"split": split, "slice_stride": slice_stride, "settings": asdict(settings),
-            "checkpoint": flow.identity,
-            "seconds": time.perf_counter() - start, "machine": machine(), "results": results}
+    methods = {"HM": classical_methods(flow.reference)["HM"],
+               "BlindHarmony": blindharmony_method(harmonizer, flow.reference, progress=True)}
+    return evaluate_methods(manifest, flow.config.data, methods, sites=SWEEP_SITES, split="val",
+                            slice_stride=slice_stride)
 
 
 SWEEP_SITES = ["exp", "log", "gamma0.7", "siteA", "siteB", "siteC", "siteD"]
@@ -135,12 +145,12 @@ def sweep(checkpoint: str, data_dir: str | None, batch: int, b2s, alphas, lrs, s
     from bh_jax.harmonize import Weights
     from bh_jax.harmonize.defaults import default_settings
 
+    flow, manifest = _evaluation(checkpoint, data_dir)
     rows = []
     for b2, alpha, lr, n in itertools.product(b2s, alphas, lrs, steps):
         settings = replace(default_settings(), weights=Weights(1.0, b2, alpha),
                            learning_rate=lr, steps=n)
-        out = quality(checkpoint, data_dir, batch, split="val", sites=SWEEP_SITES,
-                      settings=settings, slice_stride=slice_stride)["results"]
+        out = _validation_scores(flow, manifest, settings, batch, slice_stride)
         bh = [out[s]["BlindHarmony"]["psnr"] for s in out]
         hm = [out[s]["HM"]["psnr"] for s in out]
         row = {"b2": b2, "alpha": alpha, "learning_rate": lr, "steps": n,
@@ -170,11 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     harm.add_argument("--steps", type=int, help="override the solvers' default steps")
     for name in ("sweep", "quality"):
         p = sub.add_parser(name)
-        p.add_argument("--checkpoint", required=True)
-        p.add_argument("--data-dir")
+        p.add_argument("--checkpoint", required=True, help="flow training folder")
+        p.add_argument("--data-dir", help="the built-in data set (default data/phantom-PRESET)")
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--slice-stride", type=int, default=1,
                        help="use every k-th slice of each volume (quicker)")
+    qu = sub.choices["quality"]
+    qu.add_argument("--out", required=True, help="tables (md, json) and figure go here")
+    qu.add_argument("--quick", action="store_true", help="tiny run (the test suite's)")
+    for kind in ("unet", "cyclegan", "segmenter"):
+        qu.add_argument(f"--{kind}", help=f"trained {kind} folder (default: train one "
+                                          f"into OUT/baselines)")
+    qu.add_argument("--source", default="exp", help="the source domain of U-net / CycleGAN")
+    qu.add_argument("--baseline-steps", type=int, help="training steps of missing baselines")
     sw = sub.choices["sweep"]
     sw.add_argument("--b2", type=float, nargs="+", default=[0.0, 0.01, 0.1])
     sw.add_argument("--alpha", type=float, nargs="+", default=[0.001, 0.01, 0.1])
@@ -196,14 +214,14 @@ def main(argv: list[str] | None = None) -> int:
                        args.learning_rate, args.steps, args.slice_stride)
         print(_table(result))
     else:
-        from bh_jax.evaluate import format_table
-
-        result = quality(args.checkpoint, args.data_dir, args.batch_size,
-                         slice_stride=args.slice_stride)
-        print(f"In-mask PSNR (dB) / SSIM, {result['split']} subjects, "
-              f"checkpoint {result['checkpoint']['workdir']} step {result['checkpoint']['step']}, "
-              f"{result['machine']}:")
-        print(format_table(result["results"]))
+        result = quality(args.checkpoint, args.data_dir, args.out, args.batch_size, args.quick,
+                         args.slice_stride, unet=args.unet, cyclegan=args.cyclegan,
+                         segmenter=args.segmenter, source=args.source,
+                         baseline_steps=args.baseline_steps)
+        print(f"Test subjects, checkpoint {result['checkpoint']['workdir']} step "
+              f"{result['checkpoint']['step']}, {result['machine']}, "
+              f"{result['seconds']:.0f} s:\n")
+        print(result["markdown"])
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
     return 0

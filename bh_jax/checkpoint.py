@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,14 @@ class StateCheckpoints:
         self.best.close()
 
 
+def _steps(folder: Path) -> list[int]:
+    """The completed checkpoint steps in an orbax manager's folder."""
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir()
+                  if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").is_file())
+
+
 @dataclass
 class LoadedFlow:
     """A trained prior ready to use: model, params, config and target statistics."""
@@ -105,24 +114,35 @@ def load_flow(workdir: str | Path, which: str = "best") -> LoadedFlow:
     reference_path = workdir / REFERENCE_FILE
     if not reference_path.is_file():
         raise CheckpointError(f"{reference_path}: not found")
-    checkpoints = StateCheckpoints(workdir, config.train.keep_last)
+    if which == "best" and not _steps(workdir / "best"):
+        which = "latest"
+    if not _steps(workdir / which):
+        raise CheckpointError(f"{workdir / which}: no checkpoint saved yet")
+    # Read-only: a shipped or shared checkpoint folder is never written to.
+    # (orbax logs a warning for every read-only manager; nothing is wrong.)
+    absl_logger = logging.getLogger("absl")
+    previous_level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
     try:
-        if which == "best" and checkpoints.best.best_step() is None:
-            which = "latest"
-        abstract = abstract_state(model, config.train)
+        manager = ocp.CheckpointManager(
+            (workdir / which).absolute(), options=ocp.CheckpointManagerOptions(
+                read_only=True, create=False, best_fn=lambda m: m["val_bpd"], best_mode="min"))
+    finally:
+        absl_logger.setLevel(previous_level)
+    try:
+        step = manager.latest_step() if which == "latest" else manager.best_step()
         replicated = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+            abstract_state(model, config.train))
         try:
-            step, state = checkpoints.restore(abstract, which)
-        except CheckpointError:
-            raise
+            state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as err:  # orbax reports structure mismatches in many ways
             raise CheckpointError(f"{workdir}: checkpoint does not match its config.json "
                                   f"(written by another bh_jax version?): "
                                   f"{str(err).splitlines()[0][:200]}") from None
     finally:
-        checkpoints.close()
+        manager.close()
     metrics = {}
     if (workdir / METRICS_FILE).is_file():
         metrics = json.loads((workdir / METRICS_FILE).read_text())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -18,11 +19,13 @@ import numpy as np
 from bh_jax import metrics
 from bh_jax.baselines import histogram_match, spectrum_swap
 from bh_jax.config import DataConfig
-from bh_jax.input_pipeline import prepare_entry
+from bh_jax.io import new_figure, save_figure
+from bh_jax.input_pipeline import prepare_entry, wm_slices
 from bh_jax.preprocess import PreparedVolume
 from bh_jax.reference import TargetReference
 
 Method = Callable[[list[PreparedVolume]], list[np.ndarray]]
+Segmenter = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (slices, masks) -> bool WM
 
 _masked_psnr = jax.jit(jax.vmap(metrics.psnr))
 _masked_ssim = jax.jit(jax.vmap(metrics.ssim))
@@ -64,25 +67,37 @@ def every_nth_slice(prepared: PreparedVolume, stride: int) -> PreparedVolume:
 
 def evaluate_methods(manifest: dict, config: DataConfig, methods: dict[str, Method],
                      sites: Iterable[str] | None = None, split: str = "test",
-                     progress: bool = False, slice_stride: int = 1
+                     progress: bool = False, slice_stride: int = 1,
+                     subjects: Iterable[str] | None = None, examples: dict | None = None,
+                     segment: Segmenter | None = None
                      ) -> dict[str, dict[str, dict[str, float]]]:
     """Mean in-mask PSNR/SSIM of each method on each source site.
 
     With `slice_stride` k > 1 only every k-th slice of each volume is used
-    (quicker; HM still sees the kept slices' histogram only).
+    (quicker; HM still sees the kept slices' histogram only). `subjects`
+    restricts the split to those subjects. If `examples` is a dict, it is
+    filled with {site: {method or "Truth": [H, W]}}: the middle slice of the
+    site's first subject. With `segment`, the white-matter Dice of its
+    segmentation of each output against the subject's WM labels is added
+    (one value per volume).
 
     Returns:
-      {site: {method: {"psnr": dB, "ssim": value, "slices": count}}}, means over
-      all kept slices of all subjects of the split.
+      {site: {method: {"psnr": dB, "ssim": value, "slices": count}}} (+ "dice"
+      with `segment`), means over all kept slices (volumes, for Dice) of all
+      subjects of the split.
     """
     target = manifest["target_site"]
     sites = [s for s in (sites or manifest["sites"]) if s != target]
-    entries = [e for e in manifest["images"] if e["split"] == split and e["site"] in sites]
+    entries = [e for e in manifest["images"] if e["split"] == split and e["site"] in sites
+               and (subjects is None or e["subject"] in subjects)]
     truths: dict[str, PreparedVolume] = {}
+    labels: dict[str, np.ndarray] = {}
     for entry in entries:
         if entry["subject"] not in truths:
-            truths[entry["subject"]] = every_nth_slice(
-                prepare_entry(entry, config, key="truth"), slice_stride)
+            truth = every_nth_slice(prepare_entry(entry, config, key="truth"), slice_stride)
+            truths[entry["subject"]] = truth
+            if segment is not None:
+                labels[entry["subject"]] = wm_slices(truth, entry["wm"])
     sources = [every_nth_slice(prepare_entry(e, config), slice_stride) for e in entries]
     scores: dict[str, dict[str, dict[str, list]]] = {
         s: {m: {"psnr": [], "ssim": []} for m in methods} for s in sites}
@@ -91,24 +106,55 @@ def evaluate_methods(manifest: dict, config: DataConfig, methods: dict[str, Meth
             print(f"evaluate: {name} on {len(sources)} volumes", flush=True)
         for entry, output in zip(entries, method(sources), strict=True):
             truth = truths[entry["subject"]]
+            if examples is not None:  # the first subject of each site
+                middle = len(truth.slices) // 2
+                per_site = examples.setdefault(entry["site"], {"Truth": truth.slices[middle]})
+                per_site.setdefault(name, output[middle])
             for metric, values in slice_scores(output, truth.slices, truth.slice_masks).items():
                 scores[entry["site"]][name][metric].append(values)
-    return {site: {name: {"psnr": float(np.mean(np.concatenate(v["psnr"]))),
-                          "ssim": float(np.mean(np.concatenate(v["ssim"]))),
+            if segment is not None:
+                wm = segment(output, truth.slice_masks)
+                scores[entry["site"]][name].setdefault("dice", []).append(
+                    np.atleast_1d(metrics.dice(wm, labels[entry["subject"]])))
+    return {site: {name: {**{metric: float(np.mean(np.concatenate(values)))
+                             for metric, values in v.items()},
                           "slices": int(sum(len(x) for x in v["psnr"]))}
                    for name, v in per_method.items()}
             for site, per_method in scores.items() if any(v["psnr"] for v in per_method.values())}
 
 
-def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Markdown table: a row per method, PSNR / SSIM columns per site."""
+def format_table(results: dict[str, dict[str, dict[str, float]]],
+                 metrics: tuple[str, ...] = ("psnr", "ssim")) -> str:
+    """Markdown table: a row per method, a column per site and metric."""
     sites = list(results)
     methods = list(next(iter(results.values()))) if results else []
-    header = "| method | " + " | ".join(f"{s} PSNR | {s} SSIM" for s in sites) + " |"
-    rule = "|---|" + "---|---|" * len(sites)
-    rows = [f"| {m} | " + " | ".join(f"{results[s][m]['psnr']:.2f} | {results[s][m]['ssim']:.4f}"
-                                     for s in sites) + " |" for m in methods]
+    digits = {"psnr": 2}
+    header = "| method | " + " | ".join(f"{s} {m.upper() if m != 'dice' else 'Dice'}"
+                                       for s in sites for m in metrics) + " |"
+    rule = "|---|" + "---|" * (len(sites) * len(metrics))
+    rows = [f"| {name} | " + " | ".join(
+        f"{results[s][name][m]:.{digits.get(m, 4)}f}" if m in results[s].get(name, {}) else "-"
+        for s in sites for m in metrics) + " |" for name in methods]
     return "\n".join([header, rule, *rows])
+
+
+def save_examples_png(examples: dict[str, dict[str, np.ndarray]], path: str | Path) -> Path:
+    """A grid of example slices: a row per site, a column per method (+ Truth)."""
+    sites = list(examples)
+    columns = list(dict.fromkeys(m for s in sites for m in examples[s] if m != "Truth"))
+    columns.append("Truth")
+    fig, axes = new_figure(len(sites), len(columns),
+                           (1.5 * len(columns), 1.5 * len(sites)))
+    for row, site in enumerate(sites):
+        for col, name in enumerate(columns):
+            ax = axes[row, col]
+            if name in examples[site]:
+                ax.imshow(np.rot90(examples[site][name]), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=8)
+        axes[row, 0].set_ylabel(site, fontsize=8)
+    return save_figure(fig, path)
 
 
 def site_report(manifest: dict, config: DataConfig) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 
 from bh_jax.config import Config, DataConfig
 from bh_jax.io import BadInputError, is_nifti_path, load_mask, load_volume, strip_nifti_suffix
-from bh_jax.preprocess import PreparedVolume, prepare_volume
+from bh_jax.preprocess import PreparedVolume, prepare_volume, window_slices
 
 
 @dataclass
@@ -119,6 +119,11 @@ def prepare_entry(entry: dict, config: DataConfig, key: str = "path") -> Prepare
     """Loads a phantom manifest entry's image (or its truth: key='truth') with its mask."""
     volume = load_volume(entry[key])
     return prepare_volume(volume, config, load_mask(entry["mask"], volume))
+
+
+def wm_slices(prepared: PreparedVolume, wm_path: str | os.PathLike) -> np.ndarray:
+    """Boolean white-matter labels (a manifest's `wm` file) of a prepared volume's slices."""
+    return window_slices(prepared, load_volume(wm_path).data > 0.5) & prepared.slice_masks
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:

@@ -150,6 +150,16 @@ def prepare_volume(volume: Volume, config: DataConfig,
                           slice_masks=np.ascontiguousarray(slice_masks))
 
 
+def window_slices(prepared: PreparedVolume, array: np.ndarray) -> np.ndarray:
+    """The same [N, H, W] slices of another canonical array of the volume's shape
+    (e.g. a label map), without normalisation."""
+    if array.shape != prepared.mask.shape:
+        raise ValueError(f"expected an array of shape {prepared.mask.shape}, got {array.shape}")
+    h, w = prepared.slices.shape[1:]
+    window = _window(array, *prepared.origin, h, w)
+    return np.ascontiguousarray(np.moveaxis(window[:, :, prepared.slice_indices], 2, 0))
+
+
 def reassemble(prepared: PreparedVolume, processed: np.ndarray,
                output_scale: str = "input") -> np.ndarray:
     """Puts processed slices back into a full canonical volume.

@@ -25,7 +25,7 @@ from bh_jax.checkpoint import (METRICS_FILE, REFERENCE_FILE, CheckpointError, St
 from bh_jax.config import Config, TrainConfig
 from bh_jax.flows.model import FlowModel, count_params
 from bh_jax.input_pipeline import SliceSet, batch_indices
-from bh_jax.io import write_json_atomic
+from bh_jax.io import new_figure, save_figure, write_json_atomic
 from bh_jax.reference import TargetReference
 from bh_jax.sharding import check_batch_size, data_mesh, replicate, shard_batch
 
@@ -110,14 +110,8 @@ def check_resume(workdir: str | Path, config: Config) -> None:
 def save_samples_png(model: FlowModel, params: dict, path: Path, seed: int = 0,
                      per_row: int = 6) -> Path:
     """A grid of samples, one row per temperature."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(SAMPLE_TEMPERATURES), per_row,
-                             figsize=(1.6 * per_row, 1.6 * len(SAMPLE_TEMPERATURES)),
-                             squeeze=False)
+    fig, axes = new_figure(len(SAMPLE_TEMPERATURES), per_row,
+                           (1.6 * per_row, 1.6 * len(SAMPLE_TEMPERATURES)))
     sample = jax.jit(model.sample, static_argnums=2)
     for row, temperature in enumerate(SAMPLE_TEMPERATURES):
         images = np.asarray(sample(params, jax.random.PRNGKey(seed + row), per_row, temperature))
@@ -126,10 +120,7 @@ def save_samples_png(model: FlowModel, params: dict, path: Path, seed: int = 0,
             ax.imshow(np.rot90(np.clip(images[col, :, :, 0], 0, 1)), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
         axes[row, 0].set_ylabel(f"T = {temperature}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: SliceSet,

@@ -36,6 +36,7 @@ from scipy import ndimage
 
 from bh_jax.config import PhantomConfig, get_preset
 from bh_jax.data.shifts import apply_shift
+from bh_jax.io import new_figure, save_figure
 
 TARGET_SITE = "target"
 SHIFT_SITES = ("exp", "log", "gamma0.7", "gamma1.5")
@@ -346,15 +347,9 @@ def select(manifest: dict, split: str | None = None, site: str | None = None) ->
 
 def save_grid_png(manifest: dict, path: str | Path, subjects: int = 3) -> Path:
     """A PNG grid: one row per site, one column per subject (mid-axial slice)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sites = list(manifest["sites"])
     sids = [s["subject"] for s in manifest["subjects"]][:subjects]
-    fig, axes = plt.subplots(len(sites), len(sids), figsize=(2.0 * len(sids), 2.0 * len(sites)),
-                             squeeze=False)
+    fig, axes = new_figure(len(sites), len(sids), (2.0 * len(sids), 2.0 * len(sites)))
     for row, site in enumerate(sites):
         for col, sid in enumerate(sids):
             entry = next(e for e in manifest["images"]
@@ -370,10 +365,7 @@ def save_grid_png(manifest: dict, path: str | Path, subjects: int = 3) -> Path:
                 ax.set_ylabel(site, fontsize=9)
             if row == 0:
                 ax.set_title(sid, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

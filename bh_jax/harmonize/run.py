@@ -17,14 +17,22 @@ from bh_jax.harmonize.engine import Harmonizer
 from bh_jax.harmonize.pipeline import HarmonizedVolume, classical, harmonize_volumes
 from bh_jax.harmonize.solvers import SolverConfig
 from bh_jax.input_pipeline import load_prepared, mask_for
-from bh_jax.io import BadInputError, save_like, write_json_atomic
+from bh_jax.io import BadInputError, new_figure, save_figure, save_like, strip_nifti_suffix, write_json_atomic
 from bh_jax.preprocess import reassemble
+
+
+def output_path(output_dir: Path, source: Path) -> Path:
+    """OUT/<name>_harmonized.nii.gz for an input file."""
+    return Path(output_dir) / f"{strip_nifti_suffix(Path(source).name)}_harmonized.nii.gz"
 
 
 @dataclass(frozen=True)
 class Job:
+    """One input file, its outputs, and (optionally) its brain mask file."""
+
     input: Path
     output: Path  # .../<name>_harmonized.nii.gz
+    mask: Path | None = None  # None: matched in --mask-dir, or automatic
 
     @property
     def report(self) -> Path:
@@ -37,14 +45,9 @@ class Job:
 
 def save_qc_png(result: HarmonizedVolume, path: Path, n_slices: int = 3) -> None:
     """Source / harmonized / difference for a few evenly spaced slices."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = len(result.slices)
     picks = np.linspace(n * 0.25, n * 0.75, n_slices).astype(int) if n else []
-    fig, axes = plt.subplots(len(picks), 3, figsize=(6, 2.1 * len(picks)), squeeze=False)
+    fig, axes = new_figure(len(picks), 3, (6, 2.1 * len(picks)))
     for row, i in enumerate(picks):
         src, out = result.prepared.slices[i], result.slices[i]
         for col, (image, title, cmap, lim) in enumerate([
@@ -56,16 +59,13 @@ def save_qc_png(result: HarmonizedVolume, path: Path, n_slices: int = 3) -> None
             if row == 0:
                 ax.set_title(title, fontsize=9)
         axes[row, 0].set_ylabel(f"z = {result.prepared.slice_indices[i]}", fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=80)
 
 
-def _write(job: Job, result: HarmonizedVolume, flow: LoadedFlow, method: str,
+def write_result(job: Job, result: HarmonizedVolume, flow: LoadedFlow, method: str,
            settings: SolverConfig | None, output_scale: str, qc_png: bool,
            timings: dict[str, float], mask_source: str) -> None:
+    """Writes a harmonized volume (NIfTI), its JSON report and, if asked, a QC figure."""
     prepared = result.prepared
     start = time.perf_counter()
     volume = reassemble(prepared, result.slices, output_scale)
@@ -101,7 +101,7 @@ def run_jobs(jobs: list[Job], flow: LoadedFlow, method: str, settings: SolverCon
         for job in jobs[first:first + chunk]:
             start = time.perf_counter()
             try:
-                mask_path = mask_for(job.input, mask_dir)
+                mask_path = job.mask or mask_for(job.input, mask_dir)
                 prepared = load_prepared(job.input, flow.config.data, mask_path, min_size)
             except BadInputError as err:
                 failures.append((job.input, str(err)))
@@ -123,7 +123,7 @@ def run_jobs(jobs: list[Job], flow: LoadedFlow, method: str, settings: SolverCon
             timings = {"load_s": load_s,
                        "harmonize_s": seconds * len(result.slices) / n_slices}
             try:
-                _write(job, result, flow, method,
+                write_result(job, result, flow, method,
                        settings if harmonizer is not None else None,
                        output_scale, qc_png, timings, mask_source)
             except (OSError, ValueError) as err:

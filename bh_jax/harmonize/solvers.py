@@ -42,7 +42,7 @@ class SolverConfig:
     """
 
     solver: str = "latent"
-    steps: int = 30
+    steps: int = 10
     learning_rate: float = 0.05
     schedule: str = "cosine"
     weights: Weights = field(default_factory=Weights)

@@ -1,0 +1,301 @@
+"""Learned baselines of the paper's tables, trained on the built-in data set.
+
+* `unet`: supervised, paired: source-domain slice -> target slice, for ONE
+  source domain (L1 or L2 loss inside the brain).
+* `cyclegan`: unpaired: generators source->target and target->source, two
+  PatchGAN discriminators, least-squares adversarial + cycle losses.
+* `segmenter`: white-matter segmentation U-net trained on target-site slices
+  (the downstream task of Table 3).
+
+A baseline folder holds `baseline.json` (the `BaselineConfig` and the slice
+geometry), `params/` (orbax) and `metrics.json`; `load_baseline` turns it
+into a function of slices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from bh_jax.baselines.networks import PatchDiscriminator, UNet
+from bh_jax.config import DataConfig
+from bh_jax.input_pipeline import batch_indices, prepare_entry, wm_slices
+from bh_jax.io import write_json_atomic
+
+KINDS = ("unet", "cyclegan", "segmenter")
+BASELINE_VERSION = 1
+CONFIG_FILE = "baseline.json"
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """What to train.
+
+    Attributes:
+      kind: 'unet', 'cyclegan' or 'segmenter'.
+      source: the ONE source domain (site name) of unet / cyclegan.
+      features, depth: U-net width and number of downsamplings.
+      steps, batch_size, learning_rate, seed: Adam optimisation.
+      loss: 'l1' or 'l2' (unet).
+      cycle_weight: weight of the cycle losses against the adversarial ones.
+    """
+
+    kind: str
+    source: str = "exp"
+    features: int = 16
+    depth: int = 2
+    steps: int = 1000
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    loss: str = "l1"
+    cycle_weight: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.loss not in ("l1", "l2"):
+            raise ValueError(f"loss must be 'l1' or 'l2', got {self.loss!r}")
+
+
+# ----------------------------------------------------------------------------
+# Data
+
+
+def _entries(manifest: dict, site: str, split: str) -> list[dict]:
+    return [e for e in manifest["images"] if e["site"] == site and e["split"] == split]
+
+
+def training_data(config: BaselineConfig, manifest: dict, data: DataConfig,
+                  split: str = "train") -> dict[str, np.ndarray]:
+    """[N, H, W] arrays of one split of the built-in data set for a baseline."""
+    target = manifest["target_site"]
+    if config.kind == "segmenter":
+        volumes = [(prepare_entry(e, data), e) for e in _entries(manifest, target, split)]
+        labels = [wm_slices(p, e["wm"]) for p, e in volumes]
+        return {"image": np.concatenate([p.slices for p, _ in volumes]),
+                "label": np.concatenate(labels).astype(np.float32),
+                "mask": np.concatenate([p.slice_masks for p, _ in volumes])}
+    entries = _entries(manifest, config.source, split)
+    if not entries:
+        raise ValueError(f"no {split} images of source site {config.source!r} "
+                         f"(sites: {', '.join(manifest['sites'])})")
+    sources = [prepare_entry(e, data) for e in entries]
+    if config.kind == "unet":  # pairs: the same subject at the target site
+        truths = [prepare_entry(e, data, key="truth") for e in entries]
+    else:  # unpaired: the target site's own training images
+        truths = [prepare_entry(e, data) for e in _entries(manifest, target, split)]
+    return {"source": np.concatenate([p.slices for p in sources]),
+            "source_mask": np.concatenate([p.slice_masks for p in sources]),
+            "target": np.concatenate([p.slices for p in truths]),
+            "target_mask": np.concatenate([p.slice_masks for p in truths])}
+
+
+# ----------------------------------------------------------------------------
+# Networks and losses
+
+
+def networks(config: BaselineConfig) -> dict[str, object]:
+    generator = UNet(config.features, config.depth, residual=True)
+    if config.kind == "unet":
+        return {"g": generator}
+    if config.kind == "segmenter":
+        return {"seg": UNet(config.features, config.depth)}
+    return {"g": generator, "f": UNet(config.features, config.depth, residual=True),
+            "d_target": PatchDiscriminator(config.features),
+            "d_source": PatchDiscriminator(config.features)}
+
+
+def init_params(config: BaselineConfig, height: int, width: int) -> dict:
+    x = jnp.zeros((1, height, width, 1))
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), 4)
+    return {name: net.init(key, x)["params"]
+            for key, (name, net) in zip(keys, networks(config).items())}
+
+
+def _masked_mean(values: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    mask = mask.astype(values.dtype)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _apply(net, params, x: jnp.ndarray) -> jnp.ndarray:
+    return net.apply({"params": params}, x[..., None])[..., 0]
+
+
+def make_step(config: BaselineConfig) -> tuple[optax.GradientTransformation, Callable]:
+    """(optimizer, jitted step(params, opt_state, batch) -> (params, opt_state, losses))."""
+    nets = networks(config)
+    optimizer = optax.adam(config.learning_rate, b1=0.5 if config.kind == "cyclegan" else 0.9)
+    if config.kind == "cyclegan":
+        optimizer = optax.multi_transform(
+            {"gen": optimizer, "disc": optimizer},
+            lambda p: {k: "disc" if k.startswith("d_") else "gen" for k in p})
+
+    def supervised_loss(params, batch):
+        if config.kind == "segmenter":
+            logits = _apply(nets["seg"], params["seg"], batch["image"])
+            bce = optax.sigmoid_binary_cross_entropy(logits, batch["label"])
+            loss = _masked_mean(bce, batch["mask"])
+        else:
+            error = _apply(nets["g"], params["g"], batch["source"]) - batch["target"]
+            error = jnp.abs(error) if config.loss == "l1" else error**2
+            loss = _masked_mean(error, batch["source_mask"] & batch["target_mask"])
+        return loss, {"loss": loss}
+
+    def cyclegan_loss(params, batch):
+        s, t = batch["source"], batch["target"]
+        fake_t, fake_s = _apply(nets["g"], params["g"], s), _apply(nets["f"], params["f"], t)
+        d_t = lambda x, p=params: nets["d_target"].apply({"params": p["d_target"]}, x[..., None])
+        d_s = lambda x, p=params: nets["d_source"].apply({"params": p["d_source"]}, x[..., None])
+        # Generators: fool the discriminators and close both cycles.
+        adversarial = jnp.mean((d_t(fake_t) - 1) ** 2) + jnp.mean((d_s(fake_s) - 1) ** 2)
+        cycle = (_masked_mean(jnp.abs(_apply(nets["f"], params["f"], fake_t) - s),
+                              batch["source_mask"])
+                 + _masked_mean(jnp.abs(_apply(nets["g"], params["g"], fake_s) - t),
+                                batch["target_mask"]))
+        # Discriminators: real -> 1, fake -> 0; fakes are constants for them.
+        fake_t, fake_s = jax.lax.stop_gradient(fake_t), jax.lax.stop_gradient(fake_s)
+        discriminator = 0.5 * (jnp.mean((d_t(t) - 1) ** 2) + jnp.mean(d_t(fake_t) ** 2)
+                               + jnp.mean((d_s(s) - 1) ** 2) + jnp.mean(d_s(fake_s) ** 2))
+        return adversarial, config.cycle_weight * cycle, discriminator
+
+    def cyclegan_grads(params, batch):
+        gen = {k: v for k, v in params.items() if not k.startswith("d_")}
+        disc = {k: v for k, v in params.items() if k.startswith("d_")}
+
+        def gen_loss(g):
+            adversarial, cycle, _ = cyclegan_loss({**g, **disc}, batch)
+            return adversarial + cycle, (adversarial, cycle)
+
+        def disc_loss(d):
+            return cyclegan_loss({**gen, **d}, batch)[2]
+
+        (_, (adversarial, cycle)), g_grads = jax.value_and_grad(gen_loss, has_aux=True)(gen)
+        d_value, d_grads = jax.value_and_grad(disc_loss)(disc)
+        losses = {"loss": cycle, "adversarial": adversarial, "discriminator": d_value}
+        return {**g_grads, **d_grads}, losses
+
+    @jax.jit
+    def step(params, opt_state, batch):
+        if config.kind == "cyclegan":
+            grads, losses = cyclegan_grads(params, batch)
+        else:
+            grads, losses = jax.grad(supervised_loss, has_aux=True)(params, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, losses
+
+    return optimizer, step
+
+
+# ----------------------------------------------------------------------------
+# Training, saving, loading
+
+
+_BATCH_GROUPS = {
+    "unet": [("source", "source_mask", "target", "target_mask")],
+    "cyclegan": [("source", "source_mask"), ("target", "target_mask")],
+    "segmenter": [("image", "label", "mask")],
+}
+
+
+def train_baseline(config: BaselineConfig, data: DataConfig, manifest: dict,
+                   workdir: str | Path, progress: bool = True) -> dict:
+    """Trains a baseline on the built-in data set's training split; returns metrics."""
+    from tqdm.auto import tqdm
+
+    workdir = Path(workdir)
+    arrays = training_data(config, manifest, data)
+    params = init_params(config, data.height, data.width)
+    optimizer, step = make_step(config)
+    opt_state = optimizer.init(params)
+    history = []
+    sizes = {k: len(v) for k, v in arrays.items()}
+    bar = tqdm(range(config.steps), desc=f"train {config.kind}", disable=not progress)
+    for i in bar:
+        batch = {}
+        # Arrays of a group share batch indices (pairs); unpaired groups draw their own.
+        for offset, keys in enumerate(_BATCH_GROUPS[config.kind]):
+            index = batch_indices(sizes[keys[0]], config.batch_size, config.seed + offset, i)
+            batch.update({k: arrays[k][index] for k in keys})
+        params, opt_state, losses = step(params, opt_state, batch)
+        if i % 50 == 0 or i == config.steps - 1:
+            history.append({"step": i, **{k: float(v) for k, v in losses.items()}})
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+    save_baseline(workdir, config, data, params)
+    metrics = {"kind": config.kind, "source": config.source, "slices": sizes,
+               "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
+               "history": history}
+    write_json_atomic(workdir / "metrics.json", metrics)
+    return metrics
+
+
+def save_baseline(workdir: Path, config: BaselineConfig, data: DataConfig, params: dict) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save((workdir / "params").absolute(), params, force=True)
+    checkpointer.wait_until_finished()
+    write_json_atomic(workdir / CONFIG_FILE, {"version": BASELINE_VERSION,
+                                              "baseline": dataclasses.asdict(config),
+                                              "data": dataclasses.asdict(data)})
+
+
+@dataclass
+class LoadedBaseline:
+    """A trained baseline: `apply(slices [N, H, W], masks) -> [N, H, W]`.
+
+    Translators return images in [0, 1] (zero outside the mask); the segmenter
+    returns a boolean white-matter mask.
+    """
+
+    config: BaselineConfig
+    data: DataConfig
+    params: dict
+    workdir: Path
+
+    def apply(self, slices: np.ndarray, masks: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        name = "seg" if self.config.kind == "segmenter" else "g"
+        run = _compiled_apply(self.config, name)
+        outputs = []
+        for start in range(0, len(slices), batch_size):
+            chunk = np.asarray(slices[start:start + batch_size], np.float32)
+            padded = np.zeros((batch_size, *chunk.shape[1:]), np.float32)
+            padded[:len(chunk)] = chunk  # fixed shape: one compilation
+            outputs.append(np.asarray(run(self.params[name], padded))[:len(chunk)])
+        out = np.concatenate(outputs) if outputs else np.zeros(np.shape(slices), np.float32)
+        if self.config.kind == "segmenter":
+            return (out > 0.0) & np.asarray(masks, bool)
+        return np.clip(out, 0.0, 1.0) * masks
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_apply(config: BaselineConfig, name: str) -> Callable:
+    net = networks(config)[name]
+    return jax.jit(lambda params, x: _apply(net, params, x))
+
+
+def load_baseline(workdir: str | Path) -> LoadedBaseline:
+    """Loads a folder written by `train_baseline`; ValueError names what is wrong."""
+    workdir = Path(workdir)
+    path = workdir / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"{path}: not found; is {workdir} a baseline folder "
+                         f"(python -m bh_jax.baselines.train)?")
+    raw = json.loads(path.read_text())
+    if raw.get("version") != BASELINE_VERSION:
+        raise ValueError(f"{path}: baseline version {raw.get('version')!r} is not supported "
+                         f"(expects {BASELINE_VERSION})")
+    config, data = BaselineConfig(**raw["baseline"]), DataConfig(**raw["data"])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            jax.eval_shape(lambda: init_params(config, data.height, data.width)))
+    params = ocp.StandardCheckpointer().restore((workdir / "params").absolute(), abstract)
+    return LoadedBaseline(config, data, params, workdir)
