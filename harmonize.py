@@ -68,10 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_demo(args: argparse.Namespace, settings) -> int:
-    from bh_jax.harmonize.demo import run_demo as demo
+def demo_main(args: argparse.Namespace, settings) -> int:
+    from bh_jax.harmonize.demo import run_demo
 
-    result = demo(args.output_dir, args.data_dir, args.checkpoint, args.demo_subjects,
+    result = run_demo(args.output_dir, args.data_dir, args.checkpoint, args.demo_subjects,
                   settings, args.batch_size, progress=not args.no_progress)
     print(f"In-mask PSNR (dB) / SSIM against the target-site truth, "
           f"{args.demo_subjects} held-out subject(s) per site, checkpoint "
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = solver_settings(args)
         if args.demo:
-            return run_demo(args, settings)
+            return demo_main(args, settings)
         flow = load_flow(args.checkpoint)
     except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import jax
@@ -25,8 +26,6 @@ import numpy as np
 def machine() -> str:
     device = jax.devices()[0]
     kind = getattr(device, "device_kind", device.platform)
-    import os
-
     return (f"{jax.device_count()} x {kind} ({device.platform}), {os.cpu_count()} CPU cores, "
             f"{platform.processor() or platform.machine()}, jax {jax.__version__}")
 
@@ -107,18 +106,18 @@ def _evaluation(checkpoint: str, data_dir: str | None):
 
 
 def quality(checkpoint: str, data_dir: str | None, out: str, batch: int, quick: bool = False,
-            slice_stride: int = 1, **baselines) -> dict:
+            slice_stride: int = 1, baseline_steps: int | None = None, **baselines) -> dict:
     """The paper's tables on the test subjects (`bh_jax.tables`); --quick: a tiny run."""
     from bh_jax.harmonize.defaults import default_settings
     from bh_jax.tables import QUICK, reproduce_tables
 
     flow, manifest = _evaluation(checkpoint, data_dir)
     settings = default_settings()
-    steps = baselines.pop("baseline_steps", None)
     if quick:
         settings = replace(settings, steps=QUICK["solver_steps"])
-        steps, slice_stride = QUICK["baseline_steps"], max(slice_stride, QUICK["slice_stride"])
-    result = reproduce_tables(flow, manifest, out, settings, batch, baseline_steps=steps,
+        baseline_steps = QUICK["baseline_steps"]
+        slice_stride = max(slice_stride, QUICK["slice_stride"])
+    result = reproduce_tables(flow, manifest, out, settings, batch, baseline_steps=baseline_steps,
                               slice_stride=slice_stride, **baselines)
     result["machine"] = machine()
     return result

@@ -47,6 +47,11 @@ def read_config(workdir: Path) -> Config:
         raise CheckpointError(f"{path}: {err}") from None
 
 
+def _val_bpd(metrics: dict) -> float:
+    """What 'best' means: the lowest validation bits/dim."""
+    return metrics["val_bpd"]
+
+
 class StateCheckpoints:
     """The 'latest' and 'best' orbax managers of one training folder."""
 
@@ -56,7 +61,7 @@ class StateCheckpoints:
             workdir / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=keep_last))
         self.best = ocp.CheckpointManager(
             workdir / "best", options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, best_fn=lambda m: m["val_bpd"], best_mode="min"))
+                max_to_keep=1, best_fn=_val_bpd, best_mode="min"))
 
     def save(self, step: int, state: Any, val_bpd: float | None = None) -> None:
         self.latest.save(step, args=ocp.args.StandardSave(state))
@@ -67,12 +72,12 @@ class StateCheckpoints:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def restore(self, abstract_state: Any, which: str = "latest") -> tuple[int, Any]:
-        manager = self.best if which == "best" else self.latest
-        step = manager.best_step() if which == "best" else manager.latest_step()
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any]:
+        """(step, state) of the latest checkpoint, to resume training."""
+        step = self.latest.latest_step()
         if step is None:
-            raise CheckpointError(f"{manager.directory}: no checkpoint saved yet")
-        return step, manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+            raise CheckpointError(f"{self.latest.directory}: no checkpoint saved yet")
+        return step, self.latest.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
     def close(self) -> None:
         self.latest.wait_until_finished()
@@ -126,7 +131,7 @@ def load_flow(workdir: str | Path, which: str = "best") -> LoadedFlow:
     try:
         manager = ocp.CheckpointManager(
             (workdir / which).absolute(), options=ocp.CheckpointManagerOptions(
-                read_only=True, create=False, best_fn=lambda m: m["val_bpd"], best_mode="min"))
+                read_only=True, create=False, best_fn=_val_bpd, best_mode="min"))
     finally:
         absl_logger.setLevel(previous_level)
     try:

@@ -9,6 +9,7 @@ subject's target-site image, slice by slice, inside the brain mask.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -17,8 +18,8 @@ import jax
 import numpy as np
 
 from bh_jax import metrics
-from bh_jax.baselines import histogram_match, spectrum_swap
 from bh_jax.config import DataConfig
+from bh_jax.harmonize.pipeline import HarmonizedVolume, classical, harmonize_volumes
 from bh_jax.io import new_figure, save_figure
 from bh_jax.input_pipeline import prepare_entry, wm_slices
 from bh_jax.preprocess import PreparedVolume
@@ -49,11 +50,11 @@ def target_reference(manifest: dict, config: DataConfig, split: str = "train") -
 
 def classical_methods(reference: TargetReference) -> dict[str, Method]:
     """Source (identity), HM and SSIMH as methods."""
-    return {
-        "Source": lambda vs: [p.slices for p in vs],
-        "HM": lambda vs: [histogram_match(p.slices, p.slice_masks, reference) for p in vs],
-        "SSIMH": lambda vs: [spectrum_swap(p.slices, p.slice_masks, reference) for p in vs],
-    }
+    def method(name: str) -> Method:
+        return lambda volumes: [classical(name, p, reference).slices for p in volumes]
+
+    return {"Source": lambda volumes: [p.slices for p in volumes],
+            "HM": method("hm"), "SSIMH": method("ssimh")}
 
 
 def every_nth_slice(prepared: PreparedVolume, stride: int) -> PreparedVolume:
@@ -165,15 +166,23 @@ def site_report(manifest: dict, config: DataConfig) -> str:
             + format_table(results))
 
 
-def blindharmony_method(harmonizer, reference: TargetReference, progress: bool = False) -> Method:
-    """BlindHarmony with a compiled `Harmonizer` as an evaluation method."""
-    from bh_jax.harmonize import harmonize_volumes
+def blindharmony_method(harmonizer, reference: TargetReference, progress: bool = False,
+                        on_results: Callable[[list[HarmonizedVolume], float], None] | None = None
+                        ) -> Method:
+    """BlindHarmony with a compiled `Harmonizer` as an evaluation method.
 
+    `on_results(results, seconds)`, if given, also receives the full results
+    (with per-slice diagnostics) and the time they took, e.g. to write them.
+    """
     from tqdm.auto import tqdm
 
     def method(volumes: list[PreparedVolume]) -> list[np.ndarray]:
+        start = time.perf_counter()
         with tqdm(total=sum(len(p.slices) for p in volumes), unit="slice",
                   desc="BlindHarmony", disable=not progress) as bar:
-            return [r.slices for r in harmonize_volumes(harmonizer, volumes, reference, bar)]
+            results = harmonize_volumes(harmonizer, volumes, reference, bar)
+        if on_results is not None:
+            on_results(results, time.perf_counter() - start)
+        return [r.slices for r in results]
 
     return method

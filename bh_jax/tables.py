@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bh_jax import metrics
 from bh_jax.baselines.learned import BaselineConfig, load_baseline, train_baseline
 from bh_jax.evaluate import (blindharmony_method, classical_methods, evaluate_methods,
-                             format_table, save_examples_png, target_reference)
+                             every_nth_slice, format_table, save_examples_png)
 from bh_jax.input_pipeline import prepare_entry, wm_slices
-from bh_jax import metrics
 
 SHIFTS = ("exp", "log", "gamma0.7", "gamma1.5")
 SCANNERS = ("siteA", "siteB", "siteC", "siteD")
@@ -46,8 +46,6 @@ def baseline_folder(out: Path, kind: str, given: str | None, source: str, data, 
 
 def segmentation_ceiling(manifest: dict, data, segmenter, slice_stride: int) -> float:
     """WM Dice of the segmenter on the target-site test images themselves."""
-    from bh_jax.evaluate import every_nth_slice
-
     scores = []
     for entry in manifest["images"]:
         if entry["split"] == "test" and entry["site"] == manifest["target_site"]:

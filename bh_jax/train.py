@@ -164,7 +164,7 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
                                                sharding=jax.sharding.NamedSharding(
                                                    mesh, jax.sharding.PartitionSpec())),
                 abstract_state(model, tc))
-            _, state = checkpoints.restore(abstract)
+            _, state = checkpoints.restore_latest(abstract)
             if metrics_path.is_file():
                 history = json.loads(metrics_path.read_text()).get("history", [])
         else:

@@ -136,10 +136,6 @@ def make_step(config: BaselineConfig) -> tuple[optax.GradientTransformation, Cal
     """(optimizer, jitted step(params, opt_state, batch) -> (params, opt_state, losses))."""
     nets = networks(config)
     optimizer = optax.adam(config.learning_rate, b1=0.5 if config.kind == "cyclegan" else 0.9)
-    if config.kind == "cyclegan":
-        optimizer = optax.multi_transform(
-            {"gen": optimizer, "disc": optimizer},
-            lambda p: {k: "disc" if k.startswith("d_") else "gen" for k in p})
 
     def supervised_loss(params, batch):
         if config.kind == "segmenter":
@@ -153,44 +149,41 @@ def make_step(config: BaselineConfig) -> tuple[optax.GradientTransformation, Cal
         return loss, {"loss": loss}
 
     def cyclegan_loss(params, batch):
+        """Generator and discriminator losses in one sum: stop_gradient keeps each
+        term's gradient on its own networks (the generators' terms see frozen
+        discriminators, the discriminators' terms see the fakes as constants)."""
         s, t = batch["source"], batch["target"]
         fake_t, fake_s = _apply(nets["g"], params["g"], s), _apply(nets["f"], params["f"], t)
-        d_t = lambda x, p=params: nets["d_target"].apply({"params": p["d_target"]}, x[..., None])
-        d_s = lambda x, p=params: nets["d_source"].apply({"params": p["d_source"]}, x[..., None])
+
+        def d_t(x, p):
+            return nets["d_target"].apply({"params": p["d_target"]}, x[..., None])
+
+        def d_s(x, p):
+            return nets["d_source"].apply({"params": p["d_source"]}, x[..., None])
+
+        frozen = jax.lax.stop_gradient(params)
         # Generators: fool the discriminators and close both cycles.
-        adversarial = jnp.mean((d_t(fake_t) - 1) ** 2) + jnp.mean((d_s(fake_s) - 1) ** 2)
-        cycle = (_masked_mean(jnp.abs(_apply(nets["f"], params["f"], fake_t) - s),
-                              batch["source_mask"])
-                 + _masked_mean(jnp.abs(_apply(nets["g"], params["g"], fake_s) - t),
-                                batch["target_mask"]))
-        # Discriminators: real -> 1, fake -> 0; fakes are constants for them.
+        adversarial = (jnp.mean((d_t(fake_t, frozen) - 1) ** 2)
+                       + jnp.mean((d_s(fake_s, frozen) - 1) ** 2))
+        cycle = config.cycle_weight * (
+            _masked_mean(jnp.abs(_apply(nets["f"], params["f"], fake_t) - s),
+                         batch["source_mask"])
+            + _masked_mean(jnp.abs(_apply(nets["g"], params["g"], fake_s) - t),
+                           batch["target_mask"]))
+        # Discriminators: real -> 1, fake -> 0.
         fake_t, fake_s = jax.lax.stop_gradient(fake_t), jax.lax.stop_gradient(fake_s)
-        discriminator = 0.5 * (jnp.mean((d_t(t) - 1) ** 2) + jnp.mean(d_t(fake_t) ** 2)
-                               + jnp.mean((d_s(s) - 1) ** 2) + jnp.mean(d_s(fake_s) ** 2))
-        return adversarial, config.cycle_weight * cycle, discriminator
+        discriminator = 0.5 * (jnp.mean((d_t(t, params) - 1) ** 2)
+                               + jnp.mean(d_t(fake_t, params) ** 2)
+                               + jnp.mean((d_s(s, params) - 1) ** 2)
+                               + jnp.mean(d_s(fake_s, params) ** 2))
+        return adversarial + cycle + discriminator, {
+            "loss": cycle, "adversarial": adversarial, "discriminator": discriminator}
 
-    def cyclegan_grads(params, batch):
-        gen = {k: v for k, v in params.items() if not k.startswith("d_")}
-        disc = {k: v for k, v in params.items() if k.startswith("d_")}
-
-        def gen_loss(g):
-            adversarial, cycle, _ = cyclegan_loss({**g, **disc}, batch)
-            return adversarial + cycle, (adversarial, cycle)
-
-        def disc_loss(d):
-            return cyclegan_loss({**gen, **d}, batch)[2]
-
-        (_, (adversarial, cycle)), g_grads = jax.value_and_grad(gen_loss, has_aux=True)(gen)
-        d_value, d_grads = jax.value_and_grad(disc_loss)(disc)
-        losses = {"loss": cycle, "adversarial": adversarial, "discriminator": d_value}
-        return {**g_grads, **d_grads}, losses
+    loss_fn = cyclegan_loss if config.kind == "cyclegan" else supervised_loss
 
     @jax.jit
     def step(params, opt_state, batch):
-        if config.kind == "cyclegan":
-            grads, losses = cyclegan_grads(params, batch)
-        else:
-            grads, losses = jax.grad(supervised_loss, has_aux=True)(params, batch)
+        grads, losses = jax.grad(loss_fn, has_aux=True)(params, batch)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, losses
 

@@ -11,41 +11,30 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from bh_jax.checkpoint import LoadedFlow, load_flow
-from bh_jax.evaluate import (Method, classical_methods, evaluate_methods, format_table,
-                             save_examples_png)
+from bh_jax.evaluate import (blindharmony_method, classical_methods, evaluate_methods,
+                             format_table, save_examples_png)
 from bh_jax.harmonize.engine import Harmonizer
-from bh_jax.harmonize.pipeline import harmonize_volumes
+from bh_jax.harmonize.pipeline import HarmonizedVolume
 from bh_jax.harmonize.run import Job, output_path, write_result
 from bh_jax.harmonize.solvers import SolverConfig
-from bh_jax.preprocess import PreparedVolume
 
 # The paper's shifts, and a mild and a large simulated scanner gap (the other
 # sites: `python -m bh_jax.bench quality`); sized to finish in minutes on a CPU.
 DEMO_SITES = ("exp", "log", "gamma0.7", "siteA", "siteC")
 
 
-def _writing_method(flow: LoadedFlow, harmonizer: Harmonizer, output_dir: Path,
-                    progress: bool) -> Method:
-    """BlindHarmony as an evaluation method that also writes every output."""
-    from tqdm.auto import tqdm
-
-    def method(volumes: list[PreparedVolume]) -> list[np.ndarray]:
-        total = sum(len(p.slices) for p in volumes)
-        start = time.perf_counter()
-        with tqdm(total=total, unit="slice", desc="BlindHarmony", disable=not progress) as bar:
-            results = harmonize_volumes(harmonizer, volumes, flow.reference, bar)
-        per_slice = (time.perf_counter() - start) / max(total, 1)
+def _writer(flow: LoadedFlow, settings: SolverConfig, output_dir: Path):
+    """`on_results` hook that writes every BlindHarmony output (NIfTI + JSON)."""
+    def write(results: list[HarmonizedVolume], seconds: float) -> None:
+        per_slice = seconds / max(sum(len(r.slices) for r in results), 1)
         for result in results:
             source = Path(result.prepared.volume.path)
             write_result(Job(source, output_path(output_dir, source)), result, flow,
-                         "blindharmony", harmonizer.settings, "input", False,
+                         "blindharmony", settings, "input", False,
                          {"harmonize_s": per_slice * len(result.slices)}, "manifest")
-        return [r.slices for r in results]
 
-    return method
+    return write
 
 
 def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
@@ -75,7 +64,8 @@ def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
     settings = settings or default_settings()
     harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size)
     methods = classical_methods(flow.reference)
-    methods["BlindHarmony"] = _writing_method(flow, harmonizer, output_dir, progress)
+    methods["BlindHarmony"] = blindharmony_method(
+        harmonizer, flow.reference, progress, on_results=_writer(flow, settings, output_dir))
     examples: dict = {}
     results = evaluate_methods(manifest, flow.config.data, methods, sites=DEMO_SITES,
                                subjects=test_subjects[:subjects], examples=examples)

@@ -124,8 +124,8 @@ def run_jobs(jobs: list[Job], flow: LoadedFlow, method: str, settings: SolverCon
                        "harmonize_s": seconds * len(result.slices) / n_slices}
             try:
                 write_result(job, result, flow, method,
-                       settings if harmonizer is not None else None,
-                       output_scale, qc_png, timings, mask_source)
+                             settings if harmonizer is not None else None,
+                             output_scale, qc_png, timings, mask_source)
             except (OSError, ValueError) as err:
                 for partial in (job.output, job.report, job.figure):
                     partial.unlink(missing_ok=True)
