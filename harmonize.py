@@ -2,6 +2,7 @@
 
     python harmonize.py scans/*.nii.gz --checkpoint runs/demo --output-dir out
     python harmonize.py scans/ --mask-dir masks/ --checkpoint runs/demo --output-dir out --qc-png
+    python harmonize.py scans/ --method unet --checkpoint runs/tables/baselines/unet-exp --output-dir out
     python harmonize.py --demo     # built-in data + shipped checkpoint, prints a table
 
 Writes OUT/<name>_harmonized.nii.gz (the input's exact geometry) and
@@ -27,8 +28,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("inputs", nargs="*", help="NIfTI files, folders or glob patterns")
-    parser.add_argument("--checkpoint", help="training folder of train.py "
-                                             "(--demo: the shipped demo checkpoint)")
+    parser.add_argument("--checkpoint", help="training folder of train.py (--method unet / "
+                                             "cyclegan: of python -m bh_jax.baselines.train; "
+                                             "--demo: default the shipped demo checkpoint)")
     parser.add_argument("--output-dir", help="where outputs are written (--demo: out/demo)")
     parser.add_argument("--demo", action="store_true",
                         help="harmonize held-out subjects of the built-in data set and print "
@@ -39,7 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mask-dir", help="brain masks matched by file name "
                                            "(default: automatic masks)")
     parser.add_argument("--method", default="blindharmony",
-                        choices=["blindharmony", "hm", "ssimh"])
+                        choices=["blindharmony", "hm", "ssimh", "unet", "cyclegan"],
+                        help="hm / ssimh use the flow checkpoint's target statistics; unet / "
+                             "cyclegan need a baseline checkpoint (default blindharmony)")
     parser.add_argument("--solver", default="latent", choices=["latent", "alternating"])
     parser.add_argument("--steps", type=int, help="solver steps (default: the solver's)")
     parser.add_argument("--learning-rate", type=float, help="solver step size")
@@ -62,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.demo:
         if args.inputs:
             parser.error("--demo takes no INPUT files")
+        if args.method != "blindharmony":
+            parser.error("--demo compares Source / HM / SSIMH / BlindHarmony; it takes no "
+                         "--method (the learned baselines: python -m bh_jax.bench quality)")
         args.output_dir = args.output_dir or "out/demo"
     elif not args.inputs or not args.checkpoint or not args.output_dir:
         parser.error("INPUT..., --checkpoint and --output-dir are required (or use --demo)")
@@ -100,15 +107,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.distributed:
         jax.distributed.initialize()
-    from bh_jax.checkpoint import CheckpointError, load_flow
-    from bh_jax.harmonize.run import Job, output_path, run_jobs
+    from bh_jax.checkpoint import CheckpointError
+    from bh_jax.harmonize.run import Job, load_method, output_path, run_jobs
     from bh_jax.input_pipeline import find_nifti
 
     try:
         settings = solver_settings(args)
         if args.demo:
             return demo_main(args, settings)
-        flow = load_flow(args.checkpoint)
+        method = load_method(args.method, args.checkpoint, settings, args.batch_size)
     except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -129,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
           f"method {args.method}, {jax.device_count()} {jax.devices()[0].platform} device(s)")
     start = time.perf_counter()
     try:
-        failures = run_jobs(jobs, flow, args.method, settings, args.batch_size,
-                            mask_dir=args.mask_dir, output_scale=args.output_scale,
+        failures = run_jobs(jobs, method, args.output_scale, mask_dir=args.mask_dir,
                             qc_png=args.qc_png, chunk=CHUNK_SUBJECTS,
                             progress=not args.no_progress)
     except ValueError as err:  # settings the engine rejects (e.g. batch size)

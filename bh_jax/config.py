@@ -150,9 +150,9 @@ PRESETS: dict[str, Config] = {
     "demo": Config(
         name="demo",
         data=DataConfig(height=64, width=64),
-        flow=FlowConfig(levels=3, steps=4, hidden=32, blocks=1),
-        train=TrainConfig(batch_size=32, steps=2000, learning_rate=1e-3,
-                          warmup_steps=100, eval_every=250),
+        flow=FlowConfig(levels=4, steps=4, hidden=32, blocks=1),
+        train=TrainConfig(batch_size=32, steps=4500, learning_rate=1e-3,
+                          warmup_steps=100, eval_every=500),
         phantom=PhantomConfig(voxel_mm=3.0, n_train=16, n_val=3, n_test=5),
     ),
     # The published model: 4 levels x 7 steps, 96 hidden, 3 blocks, 144x176.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import jax
@@ -19,11 +20,14 @@ import numpy as np
 
 from bh_jax import metrics
 from bh_jax.config import DataConfig
-from bh_jax.harmonize.pipeline import HarmonizedVolume, classical, harmonize_volumes
+from bh_jax.harmonize.pipeline import HarmonizedVolume, classical
 from bh_jax.io import new_figure, save_figure
 from bh_jax.input_pipeline import prepare_entry, wm_slices
 from bh_jax.preprocess import PreparedVolume
 from bh_jax.reference import TargetReference
+
+if TYPE_CHECKING:
+    from bh_jax.harmonize.run import VolumeMethod
 
 Method = Callable[[list[PreparedVolume]], list[np.ndarray]]
 Segmenter = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (slices, masks) -> bool WM
@@ -166,23 +170,23 @@ def site_report(manifest: dict, config: DataConfig) -> str:
             + format_table(results))
 
 
-def blindharmony_method(harmonizer, reference: TargetReference, progress: bool = False,
-                        on_results: Callable[[list[HarmonizedVolume], float], None] | None = None
-                        ) -> Method:
-    """BlindHarmony with a compiled `Harmonizer` as an evaluation method.
+def as_evaluation(method: "VolumeMethod", progress: bool = False,
+                  on_results: Callable[[list[HarmonizedVolume], float], None] | None = None
+                  ) -> Method:
+    """Any harmonization method of `bh_jax.harmonize.run` as an evaluation method.
 
     `on_results(results, seconds)`, if given, also receives the full results
     (with per-slice diagnostics) and the time they took, e.g. to write them.
     """
     from tqdm.auto import tqdm
 
-    def method(volumes: list[PreparedVolume]) -> list[np.ndarray]:
+    def evaluated(volumes: list[PreparedVolume]) -> list[np.ndarray]:
         start = time.perf_counter()
         with tqdm(total=sum(len(p.slices) for p in volumes), unit="slice",
-                  desc="BlindHarmony", disable=not progress) as bar:
-            results = harmonize_volumes(harmonizer, volumes, reference, bar)
+                  desc=method.name, disable=not progress) as bar:
+            results = method.harmonize(volumes, bar)
         if on_results is not None:
             on_results(results, time.perf_counter() - start)
         return [r.slices for r in results]
 
-    return method
+    return evaluated

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,17 @@ def prepare_entry(entry: dict, config: DataConfig, key: str = "path") -> Prepare
 def wm_slices(prepared: PreparedVolume, wm_path: str | os.PathLike) -> np.ndarray:
     """Boolean white-matter labels (a manifest's `wm` file) of a prepared volume's slices."""
     return window_slices(prepared, load_volume(wm_path).data > 0.5) & prepared.slice_masks
+
+
+def fixed_batches(n: int, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """(indices, valid) batches covering range(n), each of exactly `batch_size`.
+
+    The last batch wraps around to the first items, so every batch has the
+    same shape (one compiled program) and holds real data (no all-zero
+    padding for a solver to divide by); keep the first `valid` results.
+    """
+    for start in range(0, n, batch_size):
+        yield np.arange(start, start + batch_size) % n, min(batch_size, n - start)
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:

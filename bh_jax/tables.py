@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from bh_jax import metrics
-from bh_jax.baselines.learned import BaselineConfig, load_baseline, train_baseline
-from bh_jax.evaluate import (blindharmony_method, classical_methods, evaluate_methods,
+from bh_jax.baselines.learned import BaselineConfig, is_trained, load_baseline, train_baseline
+from bh_jax.evaluate import (as_evaluation, classical_methods, evaluate_methods,
                              every_nth_slice, format_table, save_examples_png)
 from bh_jax.input_pipeline import prepare_entry, wm_slices
 
@@ -26,18 +26,13 @@ SCANNERS = ("siteA", "siteB", "siteC", "siteD")
 QUICK = {"baseline_steps": 20, "solver_steps": 2, "slice_stride": 4}
 
 
-def learned_method(baseline):
-    """A trained U-net / CycleGAN generator as an evaluation method."""
-    return lambda volumes: [baseline.apply(p.slices, p.slice_masks) for p in volumes]
-
-
 def baseline_folder(out: Path, kind: str, given: str | None, source: str, data, manifest,
                     steps: int | None, progress: bool) -> Path:
     """`given`, or a baseline trained into OUT/baselines/<kind> (reused if there)."""
     if given:
         return Path(given)
     folder = out / "baselines" / (kind if kind == "segmenter" else f"{kind}-{source}")
-    if not (folder / "baseline.json").is_file():
+    if not is_trained(folder):  # absent, or interrupted: (re)train, resuming
         config = BaselineConfig(kind, source=source,
                                 **({"steps": steps} if steps else {}))
         train_baseline(config, data, manifest, folder, progress=progress)
@@ -61,7 +56,7 @@ def reproduce_tables(flow, manifest: dict, out: str | Path, settings, batch_size
                      baseline_steps: int | None = None, slice_stride: int = 1,
                      progress: bool = True) -> dict:
     """Runs every method on the test subjects; writes OUT/quality.{md,json,png}."""
-    from bh_jax.harmonize import Harmonizer
+    from bh_jax.harmonize.run import baseline_method, flow_method
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,12 +68,13 @@ def reproduce_tables(flow, manifest: dict, out: str | Path, settings, batch_size
                                    ("segmenter", segmenter))}
     seg = load_baseline(folders["segmenter"])
     classical = classical_methods(flow.reference)
-    harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=batch_size)
+    learned = {kind: as_evaluation(baseline_method(load_baseline(folders[kind]), batch_size))
+               for kind in ("cyclegan", "unet")}
     methods = {"Source": classical["Source"],
-               "BlindHarmony": blindharmony_method(harmonizer, flow.reference, progress),
+               "BlindHarmony": as_evaluation(
+                   flow_method(flow, "blindharmony", settings, batch_size), progress),
                "HM": classical["HM"], "SSIMH": classical["SSIMH"],
-               f"CycleGAN ({source})": learned_method(load_baseline(folders["cyclegan"])),
-               f"U-net ({source})": learned_method(load_baseline(folders["unet"]))}
+               f"CycleGAN ({source})": learned["cyclegan"], f"U-net ({source})": learned["unet"]}
     examples: dict = {}
     results = evaluate_methods(manifest, data, methods, sites=SHIFTS + SCANNERS,
                                progress=progress, slice_stride=slice_stride,

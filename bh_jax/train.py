@@ -24,7 +24,7 @@ from bh_jax.checkpoint import (METRICS_FILE, REFERENCE_FILE, CheckpointError, St
                                read_config, save_config)
 from bh_jax.config import Config, TrainConfig
 from bh_jax.flows.model import FlowModel, count_params
-from bh_jax.input_pipeline import SliceSet, batch_indices
+from bh_jax.input_pipeline import SliceSet, batch_indices, fixed_batches
 from bh_jax.io import new_figure, save_figure, write_json_atomic
 from bh_jax.reference import TargetReference
 from bh_jax.sharding import check_batch_size, data_mesh, replicate, shard_batch
@@ -85,11 +85,10 @@ def evaluate(eval_step: Callable, params: dict, data: SliceSet, batch_size: int,
              mesh, seed: int = 0) -> float:
     """Mean bits/dim over all of `data`, in fixed-size batches (the last one padded)."""
     total, count = 0.0, 0
-    for start in range(0, len(data), batch_size):
-        index = np.arange(start, start + batch_size) % len(data)
+    for start, (index, valid) in zip(range(0, len(data), batch_size),
+                                     fixed_batches(len(data), batch_size)):
         batch = shard_batch(mesh, data.slices[index][..., None])
         bpd = np.asarray(eval_step(params, batch, jax.random.PRNGKey(seed + start)))
-        valid = min(batch_size, len(data) - start)
         total += float(bpd[:valid].sum())
         count += valid
     return total / max(count, 1)

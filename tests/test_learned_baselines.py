@@ -89,3 +89,56 @@ def test_quality_quick_end_to_end(trained, tiny_phantom, baselines, tmp_path):
     assert all(f"| {row} |" in markdown for row in rows)
     assert json.loads((tmp_path / "quality.json").read_text())["results"] == result["results"]
     assert (tmp_path / "quality.png").stat().st_size > 0
+
+
+def test_harmonize_cli_runs_learned_baselines(baselines, tiny_phantom, tmp_path):
+    """harmonize.py --method unet|cyclegan: the input's geometry out, the baseline in the report."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nibabel as nib
+
+    root = Path(__file__).resolve().parents[1]
+    _, manifest = tiny_phantom
+    entry = next(e for e in manifest["images"] if e["split"] == "test" and e["site"] == "exp")
+
+    def harmonize(method, folder, out):
+        return subprocess.run([sys.executable, str(root / "harmonize.py"), entry["path"],
+                               "--method", method, "--checkpoint", str(folder),
+                               "--output-dir", str(out), "--no-progress"],
+                              capture_output=True, text=True, cwd=root)
+
+    for kind in ("unet", "cyclegan"):
+        result = harmonize(kind, baselines[kind][0], tmp_path / kind)
+        assert result.returncode == 0, result.stderr
+        output = next((tmp_path / kind).glob("*_harmonized.nii.gz"))
+        source, harmonized = nib.load(entry["path"]), nib.load(output)
+        assert harmonized.shape == source.shape
+        np.testing.assert_allclose(harmonized.affine, source.affine, atol=1e-6)
+        assert np.isfinite(harmonized.get_fdata()).all()
+        report = json.loads(output.with_name(output.name.replace(".nii.gz", ".json")).read_text())
+        assert report["method"] == kind and report["checkpoint"]["kind"] == kind
+    wrong = harmonize("cyclegan", baselines["unet"][0], tmp_path / "wrong")
+    assert wrong.returncode == 2 and "holds a unet baseline, not a cyclegan" in wrong.stderr
+    assert not (tmp_path / "wrong").exists() or not any((tmp_path / "wrong").iterdir())
+
+
+def test_interrupted_training_resumes_exactly(tiny_phantom, tiny_config, tmp_path):
+    _, manifest = tiny_phantom
+    config = BaselineConfig("unet", features=4, steps=12, batch_size=4)
+    train_baseline(config, tiny_config.data, manifest, tmp_path / "straight", progress=False)
+    stopped = train_baseline(config, tiny_config.data, manifest, tmp_path / "resumed",
+                             progress=False, stop_at=5)
+    assert stopped == {}
+    with pytest.raises(ValueError, match="training has not finished"):
+        load_baseline(tmp_path / "resumed")
+    resumed = train_baseline(config, tiny_config.data, manifest, tmp_path / "resumed",
+                             progress=False)
+    assert [h["step"] for h in resumed["history"]] == [0, 11]
+    a, b = (load_baseline(tmp_path / name).params for name in ("straight", "resumed"))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+    other = BaselineConfig("unet", features=4, steps=20, batch_size=4)
+    with pytest.raises(ValueError, match="holds a different baseline"):
+        train_baseline(other, tiny_config.data, manifest, tmp_path / "resumed", progress=False)

@@ -8,8 +8,9 @@
   (the downstream task of Table 3).
 
 A baseline folder holds `baseline.json` (the `BaselineConfig` and the slice
-geometry), `params/` (orbax) and `metrics.json`; `load_baseline` turns it
-into a function of slices.
+geometry), `state/` (resumable training state, orbax), and once training has
+finished `params/` (orbax) and `metrics.json`; `load_baseline` turns it into
+a function of slices.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import orbax.checkpoint as ocp
 
 from bh_jax.baselines.networks import PatchDiscriminator, UNet
 from bh_jax.config import DataConfig
-from bh_jax.input_pipeline import batch_indices, prepare_entry, wm_slices
+from bh_jax.input_pipeline import batch_indices, fixed_batches, prepare_entry, wm_slices
 from bh_jax.io import write_json_atomic
 
 KINDS = ("unet", "cyclegan", "segmenter")
@@ -201,30 +202,64 @@ _BATCH_GROUPS = {
 }
 
 
+SAVE_EVERY = 200  # steps between resumable checkpoints (WORKDIR/state, orbax)
+
+
 def train_baseline(config: BaselineConfig, data: DataConfig, manifest: dict,
-                   workdir: str | Path, progress: bool = True) -> dict:
-    """Trains a baseline on the built-in data set's training split; returns metrics."""
+                   workdir: str | Path, progress: bool = True,
+                   stop_at: int | None = None) -> dict:
+    """Trains (or resumes training) a baseline on the built-in data's training split.
+
+    Every `SAVE_EVERY` steps the parameters, optimiser state and loss history go
+    to WORKDIR/state; running again with the same config resumes from there and
+    gives the same parameters as an uninterrupted run (batches depend on the
+    step only). A different config in an existing folder is an error.
+
+    Args:
+      stop_at: stop (and checkpoint) after this many steps, as if interrupted.
+
+    Returns:
+      The metrics (also written to WORKDIR/metrics.json); {} if stopped early.
+    """
     from tqdm.auto import tqdm
 
     workdir = Path(workdir)
+    _claim_folder(workdir, config, data)
     arrays = training_data(config, manifest, data)
-    params = init_params(config, data.height, data.width)
     optimizer, step = make_step(config)
-    opt_state = optimizer.init(params)
-    history = []
+    params = init_params(config, data.height, data.width)
+    state = {"params": params, "opt_state": optimizer.init(params)}
+    manager = ocp.CheckpointManager((workdir / "state").absolute(),
+                                    options=ocp.CheckpointManagerOptions(max_to_keep=1))
+    first, history = 0, []
+    if manager.latest_step() is not None:
+        first = manager.latest_step()
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+        state = manager.restore(first, args=ocp.args.StandardRestore(abstract))
+        history = json.loads((workdir / "history.json").read_text())
     sizes = {k: len(v) for k, v in arrays.items()}
-    bar = tqdm(range(config.steps), desc=f"train {config.kind}", disable=not progress)
+    last = min(config.steps, stop_at if stop_at is not None else config.steps)
+    bar = tqdm(range(first, last), initial=first, total=config.steps,
+               desc=f"train {config.kind}", disable=not progress)
     for i in bar:
         batch = {}
         # Arrays of a group share batch indices (pairs); unpaired groups draw their own.
         for offset, keys in enumerate(_BATCH_GROUPS[config.kind]):
             index = batch_indices(sizes[keys[0]], config.batch_size, config.seed + offset, i)
             batch.update({k: arrays[k][index] for k in keys})
-        params, opt_state, losses = step(params, opt_state, batch)
+        params, opt_state, losses = step(state["params"], state["opt_state"], batch)
+        state = {"params": params, "opt_state": opt_state}
         if i % 50 == 0 or i == config.steps - 1:
             history.append({"step": i, **{k: float(v) for k, v in losses.items()}})
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-    save_baseline(workdir, config, data, params)
+        if (i + 1) % SAVE_EVERY == 0 or i + 1 == last:
+            manager.save(i + 1, args=ocp.args.StandardSave(state))
+            manager.wait_until_finished()
+            write_json_atomic(workdir / "history.json", history)
+    manager.close()
+    if last < config.steps:
+        return {}
+    save_params(workdir, state["params"])
     metrics = {"kind": config.kind, "source": config.source, "slices": sizes,
                "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
                "history": history}
@@ -232,14 +267,31 @@ def train_baseline(config: BaselineConfig, data: DataConfig, manifest: dict,
     return metrics
 
 
-def save_baseline(workdir: Path, config: BaselineConfig, data: DataConfig, params: dict) -> None:
+def _claim_folder(workdir: Path, config: BaselineConfig, data: DataConfig) -> None:
+    """Writes WORKDIR/baseline.json, or checks that an existing one matches."""
+    record = {"version": BASELINE_VERSION, "baseline": dataclasses.asdict(config),
+              "data": dataclasses.asdict(data)}
+    path = workdir / CONFIG_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != record:
+            raise ValueError(f"{path}: this folder holds a different baseline "
+                             f"({saved.get('baseline')}); use another --workdir")
+        return
     workdir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, record)
+
+
+def save_params(workdir: Path, params: dict) -> None:
+    """The final parameters, WORKDIR/params (orbax): what `load_baseline` reads."""
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save((workdir / "params").absolute(), params, force=True)
     checkpointer.wait_until_finished()
-    write_json_atomic(workdir / CONFIG_FILE, {"version": BASELINE_VERSION,
-                                              "baseline": dataclasses.asdict(config),
-                                              "data": dataclasses.asdict(data)})
+
+
+def is_trained(workdir: str | Path) -> bool:
+    """Whether WORKDIR holds a finished baseline."""
+    return (Path(workdir) / "metrics.json").is_file() and (Path(workdir) / "params").is_dir()
 
 
 @dataclass
@@ -257,13 +309,10 @@ class LoadedBaseline:
 
     def apply(self, slices: np.ndarray, masks: np.ndarray, batch_size: int = 16) -> np.ndarray:
         name = "seg" if self.config.kind == "segmenter" else "g"
-        run = _compiled_apply(self.config, name)
-        outputs = []
-        for start in range(0, len(slices), batch_size):
-            chunk = np.asarray(slices[start:start + batch_size], np.float32)
-            padded = np.zeros((batch_size, *chunk.shape[1:]), np.float32)
-            padded[:len(chunk)] = chunk  # fixed shape: one compilation
-            outputs.append(np.asarray(run(self.params[name], padded))[:len(chunk)])
+        run = _compiled_apply(self.config, name)  # fixed batch shape: one compilation
+        x = np.asarray(slices)
+        outputs = [np.asarray(run(self.params[name], np.asarray(x[index], np.float32)))[:valid]
+                   for index, valid in fixed_batches(len(x), batch_size)]
         out = np.concatenate(outputs) if outputs else np.zeros(np.shape(slices), np.float32)
         if self.config.kind == "segmenter":
             return (out > 0.0) & np.asarray(masks, bool)
@@ -284,6 +333,9 @@ def load_baseline(workdir: str | Path) -> LoadedBaseline:
         raise ValueError(f"{path}: not found; is {workdir} a baseline folder "
                          f"(python -m bh_jax.baselines.train)?")
     raw = json.loads(path.read_text())
+    if not is_trained(workdir):
+        raise ValueError(f"{workdir}: training has not finished; run the same "
+                         f"`python -m bh_jax.baselines.train` command again to resume")
     if raw.get("version") != BASELINE_VERSION:
         raise ValueError(f"{path}: baseline version {raw.get('version')!r} is not supported "
                          f"(expects {BASELINE_VERSION})")

@@ -5,7 +5,8 @@
     python -m bh_jax.baselines.train segmenter --preset demo --workdir runs/segmenter
 
 The slice size and the data set are the preset's (the same as the flow
-prior's); `harmonize.py --method unet|cyclegan --checkpoint DIR` and
+prior's). Training state is saved every 200 steps: running the same command
+again resumes an interrupted run (another config in the folder is an error). `harmonize.py --method unet|cyclegan --checkpoint DIR` and
 `python -m bh_jax.bench quality` use the folder.
 """
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bh_jax.checkpoint import LoadedFlow, load_flow
-from bh_jax.evaluate import (blindharmony_method, classical_methods, evaluate_methods,
-                             format_table, save_examples_png)
-from bh_jax.harmonize.engine import Harmonizer
+from bh_jax.checkpoint import load_flow
+from bh_jax.evaluate import (as_evaluation, classical_methods, evaluate_methods, format_table,
+                             save_examples_png)
 from bh_jax.harmonize.pipeline import HarmonizedVolume
-from bh_jax.harmonize.run import Job, output_path, write_result
+from bh_jax.harmonize.run import Job, VolumeMethod, flow_method, output_path, write_result
 from bh_jax.harmonize.solvers import SolverConfig
 
 # The paper's shifts, and a mild and a large simulated scanner gap (the other
@@ -24,15 +23,15 @@ from bh_jax.harmonize.solvers import SolverConfig
 DEMO_SITES = ("exp", "log", "gamma0.7", "siteA", "siteC")
 
 
-def _writer(flow: LoadedFlow, settings: SolverConfig, output_dir: Path):
+def _writer(method: VolumeMethod, output_dir: Path):
     """`on_results` hook that writes every BlindHarmony output (NIfTI + JSON)."""
     def write(results: list[HarmonizedVolume], seconds: float) -> None:
         per_slice = seconds / max(sum(len(r.slices) for r in results), 1)
         for result in results:
             source = Path(result.prepared.volume.path)
-            write_result(Job(source, output_path(output_dir, source)), result, flow,
-                         "blindharmony", settings, "input", False,
-                         {"harmonize_s": per_slice * len(result.slices)}, "manifest")
+            write_result(Job(source, output_path(output_dir, source)), result, method,
+                         "input", False, {"harmonize_s": per_slice * len(result.slices)},
+                         "manifest")
 
     return write
 
@@ -62,10 +61,10 @@ def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
                               flow.config.name, progress=progress)
     test_subjects = [s["subject"] for s in manifest["subjects"] if s["split"] == "test"]
     settings = settings or default_settings()
-    harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size)
+    blindharmony = flow_method(flow, "blindharmony", settings, batch_size)
     methods = classical_methods(flow.reference)
-    methods["BlindHarmony"] = blindharmony_method(
-        harmonizer, flow.reference, progress, on_results=_writer(flow, settings, output_dir))
+    methods["BlindHarmony"] = as_evaluation(blindharmony, progress,
+                                            on_results=_writer(blindharmony, output_dir))
     examples: dict = {}
     results = evaluate_methods(manifest, flow.config.data, methods, sites=DEMO_SITES,
                                subjects=test_subjects[:subjects], examples=examples)

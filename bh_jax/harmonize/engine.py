@@ -15,6 +15,7 @@ import numpy as np
 
 from bh_jax.flows.model import FlowModel
 from bh_jax.harmonize.solvers import SolverConfig, solver_fn
+from bh_jax.input_pipeline import fixed_batches
 from bh_jax.sharding import check_batch_size, data_mesh, replicate, shard_batch
 
 
@@ -61,22 +62,14 @@ class Harmonizer:
         if sources.shape[1:] != (h, w):
             raise ValueError(f"slices are {sources.shape[1:]}, the model expects {(h, w)}")
         outputs, diagnostics = [], []
-        for start in range(0, n, self.batch_size):
-            stop = min(start + self.batch_size, n)
-            pad = self.batch_size - (stop - start)
-
-            def padded(array, dtype):
-                block = np.asarray(array[start:stop], dtype)
-                return np.concatenate([block, np.zeros((pad, h, w), dtype)]) if pad else block
-
-            x_h, diag = self._run(self.params,
-                                  shard_batch(self.mesh, padded(sources, np.float32)),
-                                  shard_batch(self.mesh, padded(brains, np.float32)),
-                                  shard_batch(self.mesh, padded(inits, np.float32)))
-            outputs.append(np.asarray(x_h)[: stop - start])
-            diagnostics.append({k: np.asarray(v)[: stop - start] for k, v in diag.items()})
+        for index, valid in fixed_batches(n, self.batch_size):
+            batch = [shard_batch(self.mesh, np.asarray(a[index], np.float32))
+                     for a in (sources, brains, inits)]
+            x_h, diag = self._run(self.params, *batch)
+            outputs.append(np.asarray(x_h)[:valid])
+            diagnostics.append({k: np.asarray(v)[:valid] for k, v in diag.items()})
             if on_batch:
-                on_batch(stop - start)
+                on_batch(valid)
         if not outputs:
             return np.zeros((0, h, w), np.float32), {}
         return (np.concatenate(outputs),

@@ -9,16 +9,94 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from bh_jax.checkpoint import LoadedFlow
+from bh_jax.config import DataConfig
 from bh_jax.harmonize.engine import Harmonizer
-from bh_jax.harmonize.pipeline import HarmonizedVolume, classical, harmonize_volumes
+from bh_jax.harmonize.pipeline import METHODS, HarmonizedVolume, classical, harmonize_volumes
 from bh_jax.harmonize.solvers import SolverConfig
 from bh_jax.input_pipeline import load_prepared, mask_for
 from bh_jax.io import BadInputError, new_figure, save_figure, save_like, strip_nifti_suffix, write_json_atomic
-from bh_jax.preprocess import reassemble
+from bh_jax.preprocess import PreparedVolume, reassemble
+
+ALL_METHODS = (*METHODS, "unet", "cyclegan")  # the flow's methods and the learned baselines
+
+
+@dataclass(frozen=True)
+class VolumeMethod:
+    """A harmonization method as `run_jobs` uses it.
+
+    Attributes:
+      name: 'blindharmony', 'hm', 'ssimh', 'unet' or 'cyclegan'.
+      data: the slice layout the method was trained for.
+      min_size: smallest image side the method accepts.
+      identity: the checkpoint it came from (written into every report).
+      settings: solver settings (BlindHarmony only).
+      harmonize: (volumes, progress bar or None) -> one result per volume.
+    """
+
+    name: str
+    data: DataConfig
+    min_size: int
+    identity: dict[str, Any]
+    settings: SolverConfig | None
+    harmonize: Callable[[list[PreparedVolume], Any], list[HarmonizedVolume]]
+
+
+def flow_method(flow: LoadedFlow, name: str, settings: SolverConfig, batch_size: int,
+                devices=None) -> VolumeMethod:
+    """BlindHarmony with a trained prior, or HM / SSIMH to its target reference."""
+    if name == "blindharmony":
+        harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size, devices)
+
+        def run(volumes, bar):
+            return harmonize_volumes(harmonizer, volumes, flow.reference, bar)
+    else:
+        def run(volumes, bar):
+            results = [classical(name, p, flow.reference) for p in volumes]
+            if bar is not None:
+                bar.update(sum(len(p.slices) for p in volumes))
+            return results
+    return VolumeMethod(name, flow.config.data, 2 ** flow.config.flow.levels, flow.identity,
+                        settings if name == "blindharmony" else None, run)
+
+
+def baseline_method(baseline, batch_size: int) -> VolumeMethod:
+    """A trained U-net or CycleGAN generator (`bh_jax.baselines.learned.load_baseline`)."""
+    def run(volumes, bar):
+        results = [HarmonizedVolume(p, baseline.apply(p.slices, p.slice_masks, batch_size), {})
+                   for p in volumes]
+        if bar is not None:
+            bar.update(sum(len(p.slices) for p in volumes))
+        return results
+
+    identity = {"workdir": str(Path(baseline.workdir).absolute()), "kind": baseline.config.kind,
+                "source": baseline.config.source, "steps": baseline.config.steps}
+    return VolumeMethod(baseline.config.kind, baseline.data, 2 ** baseline.config.depth,
+                        identity, None, run)
+
+
+def load_method(name: str, checkpoint: str | Path, settings: SolverConfig, batch_size: int,
+                devices=None) -> VolumeMethod:
+    """The method `name` from a checkpoint folder: a flow's (train.py) or, for 'unet' /
+    'cyclegan', a baseline's (`python -m bh_jax.baselines.train`). Raises ValueError
+    (or CheckpointError) naming the folder when it does not hold what `name` needs."""
+    from bh_jax.checkpoint import load_flow
+
+    if name not in ALL_METHODS:
+        raise ValueError(f"method must be one of {ALL_METHODS}, got {name!r}")
+    if name in ("unet", "cyclegan"):
+        from bh_jax.baselines.learned import load_baseline
+
+        baseline = load_baseline(checkpoint)
+        if baseline.config.kind != name:
+            raise ValueError(f"{checkpoint}: holds a {baseline.config.kind} baseline, "
+                             f"not a {name}")
+        return baseline_method(baseline, batch_size)
+    return flow_method(load_flow(checkpoint), name, settings, batch_size, devices)
 
 
 def output_path(output_dir: Path, source: Path) -> Path:
@@ -62,9 +140,8 @@ def save_qc_png(result: HarmonizedVolume, path: Path, n_slices: int = 3) -> None
     save_figure(fig, path, dpi=80)
 
 
-def write_result(job: Job, result: HarmonizedVolume, flow: LoadedFlow, method: str,
-           settings: SolverConfig | None, output_scale: str, qc_png: bool,
-           timings: dict[str, float], mask_source: str) -> None:
+def write_result(job: Job, result: HarmonizedVolume, method: VolumeMethod, output_scale: str,
+                 qc_png: bool, timings: dict[str, float], mask_source: str) -> None:
     """Writes a harmonized volume (NIfTI), its JSON report and, if asked, a QC figure."""
     prepared = result.prepared
     start = time.perf_counter()
@@ -74,35 +151,31 @@ def write_result(job: Job, result: HarmonizedVolume, flow: LoadedFlow, method: s
         save_qc_png(result, job.figure)
     timings["write_s"] = time.perf_counter() - start
     write_json_atomic(job.report, {
-        "input": str(job.input), "output": str(job.output), "method": method,
-        "settings": asdict(settings) if settings else None,
-        "checkpoint": flow.identity, "mask": mask_source, "output_scale": output_scale,
+        "input": str(job.input), "output": str(job.output), "method": method.name,
+        "settings": asdict(method.settings) if method.settings else None,
+        "checkpoint": method.identity, "mask": mask_source, "output_scale": output_scale,
         "intensity_high": prepared.scale.high, "slice_indices": prepared.slice_indices,
         "timings": timings,
         "diagnostics": {k: np.asarray(v).tolist() for k, v in result.diagnostics.items()},
     })
 
 
-def run_jobs(jobs: list[Job], flow: LoadedFlow, method: str, settings: SolverConfig,
-             batch_size: int, mask_dir=None, output_scale: str = "input",
-             qc_png: bool = False, chunk: int = 8, progress: bool = True,
-             devices=None) -> list[tuple[Path, str]]:
+def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
+             mask_dir=None, qc_png: bool = False, chunk: int = 8,
+             progress: bool = True) -> list[tuple[Path, str]]:
     """Harmonizes every job; returns [(input, reason)] for those that failed."""
     from tqdm.auto import tqdm
 
-    harmonizer = (Harmonizer(flow.model, flow.params, settings, batch_size, devices)
-                  if method == "blindharmony" else None)
     failures: list[tuple[Path, str]] = []
-    bar = tqdm(total=0, unit="slice", desc="harmonize", disable=not progress)
+    bar = tqdm(total=0, unit="slice", desc=f"harmonize ({method.name})", disable=not progress)
     done = 0
-    min_size = 2 ** flow.config.flow.levels
     for first in range(0, len(jobs), chunk):
         loaded = []
         for job in jobs[first:first + chunk]:
             start = time.perf_counter()
             try:
                 mask_path = job.mask or mask_for(job.input, mask_dir)
-                prepared = load_prepared(job.input, flow.config.data, mask_path, min_size)
+                prepared = load_prepared(job.input, method.data, mask_path, method.min_size)
             except BadInputError as err:
                 failures.append((job.input, str(err)))
                 continue
@@ -111,21 +184,14 @@ def run_jobs(jobs: list[Job], flow: LoadedFlow, method: str, settings: SolverCon
         bar.total += sum(len(p.slices) for _, p, _, _ in loaded)
         bar.refresh()
         start = time.perf_counter()
-        if harmonizer is not None:
-            results = harmonize_volumes(harmonizer, [p for _, p, _, _ in loaded],
-                                        flow.reference, bar)
-        else:
-            results = [classical(method, p, flow.reference) for _, p, _, _ in loaded]
-            bar.update(sum(len(p.slices) for _, p, _, _ in loaded))
+        results = method.harmonize([p for _, p, _, _ in loaded], bar)
         seconds = time.perf_counter() - start
         n_slices = max(sum(len(r.slices) for r in results), 1)
         for (job, _, load_s, mask_source), result in zip(loaded, results):
             timings = {"load_s": load_s,
                        "harmonize_s": seconds * len(result.slices) / n_slices}
             try:
-                write_result(job, result, flow, method,
-                             settings if harmonizer is not None else None,
-                             output_scale, qc_png, timings, mask_source)
+                write_result(job, result, method, output_scale, qc_png, timings, mask_source)
             except (OSError, ValueError) as err:
                 for partial in (job.output, job.report, job.figure):
                     partial.unlink(missing_ok=True)

@@ -11,9 +11,9 @@ change that silently breaks old checkpoints fails CI.
 
 Make one from a training folder:
 
-    python -m bh_jax.pretrained export runs/demo --name demo \\
-        --command "python train.py --data phantom --preset demo --workdir runs/demo" \\
-        --training-time "39 min 46 s" --machine "2-core CPU"
+    python -m bh_jax.pretrained export runs/demo-v2 --name demo \\
+        --command "python train.py --data phantom --preset demo --workdir runs/demo-v2" \\
+        --training-time "57 min 49 s (4500 steps)" --machine "2-core CPU"
 """
 
 from __future__ import annotations
