@@ -85,10 +85,10 @@ def evaluate(eval_step: Callable, params: dict, data: SliceSet, batch_size: int,
              mesh, seed: int = 0) -> float:
     """Mean bits/dim over all of `data`, in fixed-size batches (the last one padded)."""
     total, count = 0.0, 0
-    for start, (index, valid) in zip(range(0, len(data), batch_size),
-                                     fixed_batches(len(data), batch_size)):
+    for index, valid in fixed_batches(len(data), batch_size):
         batch = shard_batch(mesh, data.slices[index][..., None])
-        bpd = np.asarray(eval_step(params, batch, jax.random.PRNGKey(seed + start)))
+        key = jax.random.PRNGKey(seed + int(index[0]))  # index[0]: the batch's start
+        bpd = np.asarray(eval_step(params, batch, key))
         total += float(bpd[:valid].sum())
         count += valid
     return total / max(count, 1)

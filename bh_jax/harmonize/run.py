@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bh_jax.checkpoint import LoadedFlow
+from bh_jax.checkpoint import LoadedFlow, load_flow
 from bh_jax.config import DataConfig
 from bh_jax.harmonize.engine import Harmonizer
 from bh_jax.harmonize.pipeline import METHODS, HarmonizedVolume, classical, harmonize_volumes
@@ -22,7 +22,8 @@ from bh_jax.input_pipeline import load_prepared, mask_for
 from bh_jax.io import BadInputError, new_figure, save_figure, save_like, strip_nifti_suffix, write_json_atomic
 from bh_jax.preprocess import PreparedVolume, reassemble
 
-ALL_METHODS = (*METHODS, "unet", "cyclegan")  # the flow's methods and the learned baselines
+LEARNED_METHODS = ("unet", "cyclegan")  # need a baseline checkpoint, not a flow's
+ALL_METHODS = (*METHODS, *LEARNED_METHODS)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,17 @@ class VolumeMethod:
     harmonize: Callable[[list[PreparedVolume], Any], list[HarmonizedVolume]]
 
 
+def _volume_by_volume(harmonize_one: Callable[[PreparedVolume], HarmonizedVolume]):
+    """`VolumeMethod.harmonize` for a method that takes one volume at a time."""
+    def run(volumes, bar):
+        results = [harmonize_one(p) for p in volumes]
+        if bar is not None:
+            bar.update(sum(len(p.slices) for p in volumes))
+        return results
+
+    return run
+
+
 def flow_method(flow: LoadedFlow, name: str, settings: SolverConfig, batch_size: int,
                 devices=None) -> VolumeMethod:
     """BlindHarmony with a trained prior, or HM / SSIMH to its target reference."""
@@ -55,24 +67,15 @@ def flow_method(flow: LoadedFlow, name: str, settings: SolverConfig, batch_size:
         def run(volumes, bar):
             return harmonize_volumes(harmonizer, volumes, flow.reference, bar)
     else:
-        def run(volumes, bar):
-            results = [classical(name, p, flow.reference) for p in volumes]
-            if bar is not None:
-                bar.update(sum(len(p.slices) for p in volumes))
-            return results
+        run = _volume_by_volume(lambda p: classical(name, p, flow.reference))
     return VolumeMethod(name, flow.config.data, 2 ** flow.config.flow.levels, flow.identity,
                         settings if name == "blindharmony" else None, run)
 
 
 def baseline_method(baseline, batch_size: int) -> VolumeMethod:
     """A trained U-net or CycleGAN generator (`bh_jax.baselines.learned.load_baseline`)."""
-    def run(volumes, bar):
-        results = [HarmonizedVolume(p, baseline.apply(p.slices, p.slice_masks, batch_size), {})
-                   for p in volumes]
-        if bar is not None:
-            bar.update(sum(len(p.slices) for p in volumes))
-        return results
-
+    run = _volume_by_volume(lambda p: HarmonizedVolume(
+        p, baseline.apply(p.slices, p.slice_masks, batch_size), {}))
     identity = {"workdir": str(Path(baseline.workdir).absolute()), "kind": baseline.config.kind,
                 "source": baseline.config.source, "steps": baseline.config.steps}
     return VolumeMethod(baseline.config.kind, baseline.data, 2 ** baseline.config.depth,
@@ -84,11 +87,9 @@ def load_method(name: str, checkpoint: str | Path, settings: SolverConfig, batch
     """The method `name` from a checkpoint folder: a flow's (train.py) or, for 'unet' /
     'cyclegan', a baseline's (`python -m bh_jax.baselines.train`). Raises ValueError
     (or CheckpointError) naming the folder when it does not hold what `name` needs."""
-    from bh_jax.checkpoint import load_flow
-
     if name not in ALL_METHODS:
         raise ValueError(f"method must be one of {ALL_METHODS}, got {name!r}")
-    if name in ("unet", "cyclegan"):
+    if name in LEARNED_METHODS:
         from bh_jax.baselines.learned import load_baseline
 
         baseline = load_baseline(checkpoint)
