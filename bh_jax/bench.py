@@ -3,6 +3,7 @@
     python -m bh_jax.bench flow --preset reference --batch-size 8
     python -m bh_jax.bench harmonize --preset demo
     python -m bh_jax.bench sweep --checkpoint runs/demo      # validation subjects only
+    python -m bh_jax.bench prior --checkpoint runs/demo      # truth vs HM under the prior (val)
     python -m bh_jax.bench quality --checkpoint runs/demo --out runs/tables   # test subjects
 """
 
@@ -77,8 +78,13 @@ def bench_flow(preset: str, batch: int, repeats: int) -> dict:
             "fwd_inv_slices_per_s": batch / rt_best, "machine": machine()}
 
 
-def bench_harmonize(preset: str, batch: int, steps: int | None, repeats: int) -> list[dict]:
-    """Slices/s of each solver with its default settings (random weights: speed only)."""
+def bench_harmonize(preset: str, batch: int, steps: int | None, repeats: int,
+                    memory_only: bool = False) -> list[dict]:
+    """Slices/s and XLA's memory plan of each solver with its default settings.
+
+    Random weights: speed and memory only. `memory_only` skips the timing
+    (one compilation per solver), to choose a batch size for a device.
+    """
     from bh_jax.harmonize import Harmonizer
     from bh_jax.harmonize.defaults import default_settings
 
@@ -91,10 +97,16 @@ def bench_harmonize(preset: str, batch: int, steps: int | None, repeats: int) ->
         if steps:
             settings = replace(settings, steps=steps)
         harmonizer = Harmonizer(model, params, settings, batch_size=batch)
-        first, best = _timed(harmonizer.harmonize_slices, images, brains, images, repeats=repeats)
-        rows.append({"benchmark": "harmonize", "preset": preset, "solver": solver,
-                     "steps": settings.steps, "batch": batch, "compile_s": first - best,
-                     "slices_per_s": batch / best, "machine": machine()})
+        row = {"benchmark": "harmonize", "preset": preset, "solver": solver,
+               "steps": settings.steps, "batch": batch}
+        if not memory_only:
+            first, best = _timed(harmonizer.harmonize_slices, images, brains, images,
+                                 repeats=repeats)
+            row.update(compile_s=first - best, slices_per_s=batch / best)
+        memory = harmonizer.memory_mib()
+        row.update(memory_mib=sum(memory.values()), temporaries_mib=memory["temporaries"],
+                   machine=machine())
+        rows.append(row)
     return rows
 
 
@@ -163,6 +175,19 @@ def sweep(checkpoint: str, data_dir: str | None, batch: int, b2s, alphas, lrs, s
     return rows
 
 
+def prior(checkpoint: str, data_dir: str | None, batch: int, slice_stride: int = 1) -> list[dict]:
+    """Truth vs HM vs Source under the prior, VALIDATION subjects (`evaluate.prior_check`)."""
+    from bh_jax.evaluate import prior_check
+
+    flow, manifest = _evaluation(checkpoint, data_dir)
+    results = prior_check(flow, manifest, SWEEP_SITES, "val", slice_stride, batch)
+    return [{"site": site, **{f"{kind}_{k}": r[kind][k] for kind in ("Truth", "HM", "Source")
+                              for k in ("bpd", "z2")},
+             "truth_preferred_bpd": r["truth_preferred_bpd"],
+             "truth_preferred_z2": r["truth_preferred_z2"], "slices": r["slices"]}
+            for site, r in results.items()]
+
+
 def _table(rows: list[dict]) -> str:
     keys = list(rows[0])
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -178,10 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     flow.add_argument("--batch-size", type=int, default=8)
     harm = sub.add_parser("harmonize", help="harmonization slices/s per solver")
     harm.add_argument("--preset", default="demo")
-    harm.add_argument("--batch-size", type=int, default=16)
+    harm.add_argument("--batch-size", type=int, nargs="+", default=[16])
+    harm.add_argument("--memory-only", action="store_true",
+                      help="report XLA's memory plan per batch size, without timing")
     harm.add_argument("--steps", type=int, help="override the solvers' default steps")
-    for name in ("sweep", "quality"):
-        p = sub.add_parser(name)
+    sub.add_parser("prior", help="does the prior rank the truth above HM? (validation)")
+    for name in ("sweep", "quality", "prior"):
+        p = sub.choices.get(name) or sub.add_parser(name)
         p.add_argument("--checkpoint", required=True, help="flow training folder")
         p.add_argument("--data-dir", help="the built-in data set (default data/phantom-PRESET)")
         p.add_argument("--batch-size", type=int, default=32)
@@ -209,11 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         result = bench_flow(args.preset, args.batch_size, args.repeats)
         print(_table([result]))
     elif args.command == "harmonize":
-        result = bench_harmonize(args.preset, args.batch_size, args.steps, args.repeats)
+        result = [row for batch in args.batch_size for row in bench_harmonize(
+            args.preset, batch, args.steps, args.repeats, args.memory_only)]
         print(_table(result))
     elif args.command == "sweep":
         result = sweep(args.checkpoint, args.data_dir, args.batch_size, args.b2, args.alpha,
                        args.learning_rate, args.steps, args.slice_stride)
+        print(_table(result))
+    elif args.command == "prior":
+        result = prior(args.checkpoint, args.data_dir, args.batch_size, args.slice_stride)
         print(_table(result))
     else:
         result = quality(args.checkpoint, args.data_dir, args.out, args.batch_size, args.quick,

@@ -3,12 +3,13 @@
     python -m bh_jax.bench sweep --checkpoint bh_jax/pretrained/demo \
         --data-dir data/phantom-demo --b2 0 --alpha 0.01 --steps 10 20 30 --slice-stride 6
 
-With the shipped `demo` prior, 10 Adam steps (lr 0.05, b1 1, b2 0, a 0.01)
-scored 25.51 dB mean in-mask PSNR over the 7 source domains, 0.09 dB below
-HM (its starting point); 20 steps scored 25.20 dB (the 30-step run was not
-completed). With b2 = 1 the Sobel edge term dominated the correlation term
-on the tiny model and blurred the results, hence b2 = 0. Test subjects were
-never used. The README has the table.
+With the previous 4.81 bits/dim `demo` prior, 10 Adam steps (lr 0.05, b1 1,
+b2 0, a 0.01) scored 25.51 dB mean in-mask PSNR over the 7 source domains,
+0.09 dB below HM (its starting point), and 20 steps 25.20 dB. With the shipped
+4.31 bits/dim prior, lr 0.005 / 0.02 / 0.05 scored -0.46 / -0.72 / -0.48 dB vs
+HM (`--learning-rate ...`), and b2 in {0.1, 0.3} or a = 0.1 were 1.6 to 3.4 dB
+worse than b2 = 0, a = 0.01 (`--b2 0 0.1 0.3 --alpha 0.01 0.1`). Test subjects were never used. The
+README has the tables.
 """
 
 from __future__ import annotations

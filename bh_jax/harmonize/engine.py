@@ -44,6 +44,23 @@ class Harmonizer:
 
         self._run = jax.jit(run)
 
+    def memory_mib(self) -> dict[str, float]:
+        """XLA's memory plan of the batch program, MiB per device (to choose a batch size).
+
+        arguments: parameters and one batch; temporaries: activations kept for
+        the gradients through f^-1 and the solver state; outputs: results and
+        diagnostics. Compiles the program once more to ask XLA (the trace is
+        shared with later runs, so `compilations` counts it once).
+        """
+        h, w = self.model.height, self.model.width
+        batch = [shard_batch(self.mesh, np.zeros((self.batch_size, h, w), np.float32))
+                 for _ in range(3)]
+        stats = self._run.lower(self.params, *batch).compile().memory_analysis()
+        mib = 2.0**20
+        return {"arguments": stats.argument_size_in_bytes / mib,
+                "temporaries": stats.temp_size_in_bytes / mib,
+                "outputs": stats.output_size_in_bytes / mib}
+
     def harmonize_slices(self, sources: np.ndarray, brains: np.ndarray, inits: np.ndarray,
                          on_batch: Callable[[int], None] | None = None
                          ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
