@@ -41,14 +41,15 @@ def test_memory_plan_grows_with_the_batch(flow, volumes):
     from bh_jax.flows.model import count_params
 
     plans = []
-    for batch_size in (2, 8):
-        harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(steps=2),
-                                batch_size=batch_size, devices=jax.devices()[:1])
+    settings = SolverConfig(solver="alternating", steps=1)  # the quickest to compile
+    for batch_size in (1, 4):
+        harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=batch_size,
+                                devices=jax.devices()[:1])
         plans.append(harmonizer.memory_mib())
     harmonize_volumes(harmonizer, volumes[:1], flow.reference)
     assert harmonizer.compilations == 1, "the analysis and the run traced separately"
     params_mib = 4 * count_params(flow.params) / 2**20
-    batch_mib = 3 * 2 * flow.model.height * flow.model.width * 4 / 2**20
+    batch_mib = 3 * flow.model.height * flow.model.width * 4 / 2**20
     assert plans[0]["arguments"] == pytest.approx(params_mib + batch_mib, rel=0.05)
     assert plans[1]["temporaries"] > 2 * plans[0]["temporaries"] > 0
     assert plans[1]["outputs"] > plans[0]["outputs"] > 0
