@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from bh_jax.flows.model import FlowModel
+from bh_jax.harmonize.objective import Weights
 from bh_jax.harmonize.solvers import SolverConfig, solver_fn
 from bh_jax.input_pipeline import fixed_batches
 from bh_jax.sharding import check_batch_size, data_mesh, replicate, shard_batch
@@ -38,9 +39,10 @@ class Harmonizer:
         self.compilations = 0
         solve = partial(solver_fn(settings), model, settings)
 
-        def run(params, sources, brains, inits):
+        def run(params, weights, sources, brains, inits):
             self.compilations += 1  # runs only while tracing
-            return jax.vmap(solve, in_axes=(None, 0, 0, 0))(params, sources, brains, inits)
+            return jax.vmap(solve, in_axes=(None, None, 0, 0, 0))(params, weights, sources,
+                                                                  brains, inits)
 
         self._run = jax.jit(run)
 
@@ -55,14 +57,16 @@ class Harmonizer:
         h, w = self.model.height, self.model.width
         batch = [shard_batch(self.mesh, np.zeros((self.batch_size, h, w), np.float32))
                  for _ in range(3)]
-        stats = self._run.lower(self.params, *batch).compile().memory_analysis()
+        stats = self._run.lower(self.params, self.settings.weights,
+                                *batch).compile().memory_analysis()
         mib = 2.0**20
         return {"arguments": stats.argument_size_in_bytes / mib,
                 "temporaries": stats.temp_size_in_bytes / mib,
                 "outputs": stats.output_size_in_bytes / mib}
 
     def harmonize_slices(self, sources: np.ndarray, brains: np.ndarray, inits: np.ndarray,
-                         on_batch: Callable[[int], None] | None = None
+                         on_batch: Callable[[int], None] | None = None,
+                         weights: Weights | None = None
                          ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Harmonizes [N, H, W] slices in fixed-size batches.
 
@@ -71,6 +75,8 @@ class Harmonizer:
           brains: bool [N, H, W] brain masks.
           inits: float [N, H, W] starting images x_init.
           on_batch: called with the number of real slices after each batch.
+          weights: b1, b2, alpha for this call (default: the settings'); other
+            values reuse the compiled program.
         Returns:
           (harmonized [N, H, W] float32, {name: [N] per-slice diagnostics}).
         """
@@ -78,11 +84,12 @@ class Harmonizer:
         h, w = self.model.height, self.model.width
         if sources.shape[1:] != (h, w):
             raise ValueError(f"slices are {sources.shape[1:]}, the model expects {(h, w)}")
+        weights = self.settings.weights if weights is None else weights
         outputs, diagnostics = [], []
         for index, valid in fixed_batches(n, self.batch_size):
             batch = [shard_batch(self.mesh, np.asarray(a[index], np.float32))
                      for a in (sources, brains, inits)]
-            x_h, diag = self._run(self.params, *batch)
+            x_h, diag = self._run(self.params, weights, *batch)
             outputs.append(np.asarray(x_h)[:valid])
             diagnostics.append({k: np.asarray(v)[:valid] for k, v in diag.items()})
             if on_batch:

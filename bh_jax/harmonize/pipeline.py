@@ -12,6 +12,7 @@ import numpy as np
 
 from bh_jax.baselines import histogram_match, spectrum_swap
 from bh_jax.harmonize.engine import Harmonizer
+from bh_jax.harmonize.objective import Weights
 from bh_jax.preprocess import PreparedVolume
 from bh_jax.reference import TargetReference
 
@@ -37,7 +38,8 @@ def initial_images(prepared: PreparedVolume, reference: TargetReference, init: s
 
 
 def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
-                      reference: TargetReference, progress=None) -> list[HarmonizedVolume]:
+                      reference: TargetReference, progress=None,
+                      weights: Weights | None = None) -> list[HarmonizedVolume]:
     """Harmonizes several volumes with BlindHarmony, their slices packed together.
 
     Args:
@@ -45,6 +47,8 @@ def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
       prepared: volumes from `bh_jax.preprocess.prepare_volume`.
       reference: target statistics (for the HM or template initialisation).
       progress: optional tqdm-like bar, advanced by slices.
+      weights: b1, b2, alpha (default: the harmonizer's settings); changing
+        them does not recompile.
     """
     if not prepared:
         return []
@@ -53,7 +57,7 @@ def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
     brains = np.concatenate([p.slice_masks for p in prepared])
     inits = np.concatenate([initial_images(p, reference, init) for p in prepared])
     on_batch = progress.update if progress is not None else None
-    slices, diagnostics = harmonizer.harmonize_slices(sources, brains, inits, on_batch)
+    slices, diagnostics = harmonizer.harmonize_slices(sources, brains, inits, on_batch, weights)
     results, start = [], 0
     for p in prepared:
         stop = start + len(p.slices)
@@ -64,9 +68,10 @@ def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
 
 
 def harmonize_volume(harmonizer: Harmonizer, prepared: PreparedVolume,
-                     reference: TargetReference) -> HarmonizedVolume:
-    """Harmonizes one volume with BlindHarmony."""
-    return harmonize_volumes(harmonizer, [prepared], reference)[0]
+                     reference: TargetReference, weights: Weights | None = None
+                     ) -> HarmonizedVolume:
+    """Harmonizes one volume with BlindHarmony (`weights` as `harmonize_volumes`)."""
+    return harmonize_volumes(harmonizer, [prepared], reference, weights=weights)[0]
 
 
 def classical(method: str, prepared: PreparedVolume, reference: TargetReference) -> HarmonizedVolume:

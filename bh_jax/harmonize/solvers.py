@@ -1,7 +1,8 @@
 """Solvers for one slice: find x_h = f^-1(z) minimising the objective.
 
-Both are pure functions of (params, source, brain, x_init), vmapped over
-slices by `bh_jax.harmonize.engine`, with their whole loop in one `lax.scan`.
+Both are pure functions of (params, weights, source, brain, x_init), vmapped
+over slices by `bh_jax.harmonize.engine`, with their whole loop in one
+`lax.scan`. The weights are data, not part of the compiled program.
 
 * `latent` (default): an optax optimiser on z, gradients through f^-1,
   z initialised as f(x_init); the iterate with the lowest objective is kept.
@@ -33,7 +34,8 @@ class SolverConfig:
       steps: optimiser steps (latent) or iterations (alternating).
       learning_rate: Adam's peak step on z (latent) or the image step (alternating).
       schedule: 'constant' or 'cosine' (decay to 0 over `steps`), latent only.
-      weights: b1, b2, alpha. For `alternating`, alpha is the shrink of z per
+      weights: default b1, b2, alpha (a run can pass others without
+        recompiling). For `alternating`, alpha is the shrink of z per
         iteration, as in the published code.
       percentile: non-edge mask threshold (percentile of in-brain gradients).
       gradient: 'sobel' or 'diff'.
@@ -69,7 +71,8 @@ def _latent(model: FlowModel, params: dict, x: jnp.ndarray) -> jnp.ndarray:
     return model.encode(params, x[..., None])
 
 
-def _diagnostics(model, params, cfg, source, brain, non_edge, x_init, z_start, x_h, z_end):
+def _diagnostics(model, params, cfg, weights, source, brain, non_edge, x_init, z_start, x_h,
+                 z_end):
     """Objective terms at start and end, and the prior's bits/dim of source and result."""
     x_start = jnp.clip(_image(model, params, z_start), 0.0, 1.0) * brain
     start = objective_terms(x_start, z_start, source, brain, non_edge, cfg.gradient)
@@ -77,14 +80,15 @@ def _diagnostics(model, params, cfg, source, brain, non_edge, x_init, z_start, x
     bpd = model.bits_per_dim(params, jnp.stack([source, x_h])[..., None])
     out = {f"{k}_start": v for k, v in start.items()}
     out.update({f"{k}_end": v for k, v in end.items()})
-    out.update(loss_start=weighted_loss(start, cfg.weights), loss_end=weighted_loss(end, cfg.weights),
+    out.update(loss_start=weighted_loss(start, weights), loss_end=weighted_loss(end, weights),
                ncc_end=1.0 - end["one_minus_ncc"], bpd_source=bpd[0], bpd_result=bpd[1],
                non_edge_fraction=jnp.sum(non_edge) / jnp.maximum(jnp.sum(brain), 1))
     return out
 
 
-def solve_latent(model: FlowModel, cfg: SolverConfig, params: dict, source: jnp.ndarray,
-                 brain: jnp.ndarray, x_init: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+def solve_latent(model: FlowModel, cfg: SolverConfig, params: dict, weights: Weights,
+                 source: jnp.ndarray, brain: jnp.ndarray, x_init: jnp.ndarray
+                 ) -> tuple[jnp.ndarray, dict]:
     """Harmonizes one slice [H, W] by optimising its latent; returns (x_h, diagnostics)."""
     non_edge = non_edge_mask(source, brain, cfg.percentile, cfg.gradient)
     schedule = (optax.cosine_decay_schedule(cfg.learning_rate, cfg.steps)
@@ -94,7 +98,7 @@ def solve_latent(model: FlowModel, cfg: SolverConfig, params: dict, source: jnp.
     def loss(z):
         x = _image(model, params, z)
         return weighted_loss(objective_terms(x, z, source, brain, non_edge, cfg.gradient),
-                             cfg.weights)
+                             weights)
 
     def step(carry, _):
         z, opt_state, best_z, best_loss = carry
@@ -116,16 +120,18 @@ def solve_latent(model: FlowModel, cfg: SolverConfig, params: dict, source: jnp.
     x_h = jnp.where(ok, x_h, x_init)
     z = jnp.where(ok, z, z0)
     x_h = jnp.clip(x_h, 0.0, 1.0) * brain
-    diagnostics = _diagnostics(model, params, cfg, source, brain, non_edge, x_init, z0, x_h, z)
+    diagnostics = _diagnostics(model, params, cfg, weights, source, brain, non_edge, x_init, z0,
+                               x_h, z)
     diagnostics["failed"] = ~ok
     return x_h, diagnostics
 
 
-def solve_alternating(model: FlowModel, cfg: SolverConfig, params: dict, source: jnp.ndarray,
-                      brain: jnp.ndarray, x_init: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+def solve_alternating(model: FlowModel, cfg: SolverConfig, params: dict, weights: Weights,
+                      source: jnp.ndarray, brain: jnp.ndarray, x_init: jnp.ndarray
+                      ) -> tuple[jnp.ndarray, dict]:
     """The published alternating scheme for one slice [H, W]; returns (x_h, diagnostics)."""
     non_edge = non_edge_mask(source, brain, cfg.percentile, cfg.gradient)
-    no_prior = Weights(cfg.weights.b1, cfg.weights.b2, 0.0)
+    no_prior = Weights(weights.b1, weights.b2, 0.0)
 
     def distance(x):
         terms = objective_terms(x, jnp.zeros(1), source, brain, non_edge, cfg.gradient)
@@ -133,7 +139,7 @@ def solve_alternating(model: FlowModel, cfg: SolverConfig, params: dict, source:
 
     def step(x, _):
         x_step = x - cfg.learning_rate * jax.grad(distance)(x)
-        z = (1.0 - cfg.weights.alpha) * _latent(model, params, x_step)
+        z = (1.0 - weights.alpha) * _latent(model, params, x_step)
         x_new = jnp.clip(_image(model, params, z), 0.0, 1.0)
         ok = jnp.all(jnp.isfinite(x_new))
         return jnp.where(ok, x_new, x_step), ~ok
@@ -141,7 +147,8 @@ def solve_alternating(model: FlowModel, cfg: SolverConfig, params: dict, source:
     x, failures = jax.lax.scan(step, x_init, None, length=cfg.steps)
     x_h = jnp.clip(x, 0.0, 1.0) * brain
     z0, z = _latent(model, params, x_init), _latent(model, params, x_h)
-    diagnostics = _diagnostics(model, params, cfg, source, brain, non_edge, x_init, z0, x_h, z)
+    diagnostics = _diagnostics(model, params, cfg, weights, source, brain, non_edge, x_init, z0,
+                               x_h, z)
     diagnostics["failed"] = jnp.any(failures)
     return x_h, diagnostics
 

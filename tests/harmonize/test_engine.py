@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from bh_jax.checkpoint import load_flow
-from bh_jax.harmonize import Harmonizer, SolverConfig, harmonize_volumes
+from bh_jax.harmonize import Harmonizer, SolverConfig, Weights, harmonize_volumes
 from bh_jax.input_pipeline import prepare_entry
 
 
@@ -29,6 +29,14 @@ def test_second_subject_does_not_recompile(flow, volumes):
     assert harmonizer.compilations == 1
     second = harmonize_volumes(harmonizer, volumes[1:2], flow.reference)[0]
     assert harmonizer.compilations == 1, "a second subject recompiled"
+    # New weights are data: no recompilation, and the loss is computed with them.
+    weights = Weights(b1=2.0, b2=0.5, alpha=0.1)
+    reweighted = harmonize_volumes(harmonizer, volumes[1:2], flow.reference, weights=weights)[0]
+    assert harmonizer.compilations == 1, "new weights recompiled"
+    d = reweighted.diagnostics
+    np.testing.assert_allclose(d["loss_end"], 2.0 * d["one_minus_ncc_end"] + 0.5 * d["edge_end"]
+                               + 0.1 * d["prior_end"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(d["loss_end"], second.diagnostics["loss_end"])
     for result, volume in ((first, volumes[0]), (second, volumes[1])):
         assert result.slices.shape == volume.slices.shape
         assert np.all(np.isfinite(result.slices))
