@@ -207,9 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     harm.add_argument("--memory-only", action="store_true",
                       help="report XLA's memory plan per batch size, without timing")
     harm.add_argument("--steps", type=int, help="override the solvers' default steps")
-    sub.add_parser("prior", help="does the prior rank the truth above HM? (validation)")
-    for name in ("sweep", "quality", "prior"):
-        p = sub.choices.get(name) or sub.add_parser(name)
+    for name, text in (("sweep", "solver settings on the validation subjects"),
+                       ("quality", "the paper's tables on the test subjects"),
+                       ("prior", "does the prior rank the truth above HM? (validation)")):
+        p = sub.add_parser(name, help=text)
         p.add_argument("--checkpoint", required=True, help="flow training folder")
         p.add_argument("--data-dir", help="the built-in data set (default data/phantom-PRESET)")
         p.add_argument("--batch-size", type=int, default=32)

@@ -205,7 +205,10 @@ def prior_check(flow: "LoadedFlow", manifest: dict, sites: Iterable[str], split:
       {site: {"Truth"|"HM"|"Source": {"bpd", "z2"}, "truth_preferred_bpd",
       "truth_preferred_z2", "slices"}}.
     """
-    reference = flow.reference
+    def scores_of(slices: np.ndarray) -> dict[str, np.ndarray]:
+        return prior_scores(flow.model, flow.params, slices, batch_size)
+
+    truth_scores: dict[str, dict[str, np.ndarray]] = {}  # per subject: shared by all sites
     results = {}
     for site in sites:
         entries = [e for e in manifest["images"] if e["split"] == split and e["site"] == site]
@@ -213,13 +216,14 @@ def prior_check(flow: "LoadedFlow", manifest: dict, sites: Iterable[str], split:
             continue
         kinds: dict[str, list[dict]] = {"Truth": [], "HM": [], "Source": []}
         for entry in entries:
+            if entry["subject"] not in truth_scores:
+                truth = prepare_entry(entry, flow.config.data, key="truth")
+                truth_scores[entry["subject"]] = scores_of(
+                    every_nth_slice(truth, slice_stride).slices)
             source = every_nth_slice(prepare_entry(entry, flow.config.data), slice_stride)
-            truth = every_nth_slice(prepare_entry(entry, flow.config.data, key="truth"),
-                                    slice_stride)
-            images = {"Truth": truth.slices, "Source": source.slices,
-                      "HM": classical("hm", source, reference).slices}
-            for kind, slices in images.items():
-                kinds[kind].append(prior_scores(flow.model, flow.params, slices, batch_size))
+            kinds["Truth"].append(truth_scores[entry["subject"]])
+            kinds["Source"].append(scores_of(source.slices))
+            kinds["HM"].append(scores_of(classical("hm", source, flow.reference).slices))
         scores = {kind: {k: np.concatenate([p[k] for p in parts]) for k in ("bpd", "z2")}
                   for kind, parts in kinds.items()}
         results[site] = {kind: {k: float(v.mean()) for k, v in s.items()}

@@ -1,8 +1,9 @@
 """Many slices at once: fixed-size batches, vmap over slices, sharded over devices.
 
 One compiled program serves a whole run: slices from any number of subjects
-are packed into batches of `batch_size` (the last one padded with empty
-slices), so nothing recompiles per subject.
+are packed into batches of `batch_size` (the last one filled up with the
+first slices again, `input_pipeline.fixed_batches`), so nothing recompiles
+per subject.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ class Harmonizer:
     def memory_mib(self) -> dict[str, float]:
         """XLA's memory plan of the batch program, MiB per device (to choose a batch size).
 
-        arguments: parameters and one batch; temporaries: activations kept for
-        the gradients through f^-1 and the solver state; outputs: results and
+        arguments: parameters and one batch; temporaries: the flow's
+        intermediate activations and the solver state; outputs: results and
         diagnostics. Compiles the program once more to ask XLA (the trace is
         shared with later runs, so `compilations` counts it once).
         """
