@@ -68,6 +68,9 @@ def bench_flow(preset: str, batch: int, repeats: int) -> dict:
     # (2-core CPU).
     round_trip = jax.jit(lambda p, v: model.decode(p, model.encode(p, v)))
     rt_first, rt_best = _timed(round_trip, params, x, repeats=repeats)
+    # The harmonizer relies on decode(encode(x)) == x; reduced-precision matmuls
+    # (e.g. TF32 on a GPU, see JAX_DEFAULT_MATMUL_PRECISION) would show here.
+    round_trip_error = float(jnp.max(jnp.abs(round_trip(params, x) - x)))
     step = make_train_step(model, config.train)
     key = jax.random.PRNGKey(2)
     train_first, train_best = _timed(lambda: step(state, x, key)[1], repeats=repeats)
@@ -75,7 +78,8 @@ def bench_flow(preset: str, batch: int, repeats: int) -> dict:
             "batch": batch, "params": count_params(params),
             "train_compile_s": train_first - train_best, "train_images_per_s": batch / train_best,
             "fwd_inv_compile_s": rt_first - rt_best,
-            "fwd_inv_slices_per_s": batch / rt_best, "machine": machine()}
+            "fwd_inv_slices_per_s": batch / rt_best, "round_trip_max_abs_error": round_trip_error,
+            "matmul_precision": str(jax.config.jax_default_matmul_precision), "machine": machine()}
 
 
 def bench_harmonize(preset: str, batch: int, steps: int | None, repeats: int,

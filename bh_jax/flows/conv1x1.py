@@ -7,6 +7,11 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import lu, solve_triangular
 
+# Full float32 products: at the default precision a GPU multiplies in TF32, and
+# decode(encode(x)) then misses x by ~1e-3 (measured on an H100), while these
+# C x C products cost nothing next to the conditioners' convolutions.
+EXACT = jax.lax.Precision.HIGHEST
+
 
 def init_conv1x1(key: jax.Array, channels: int, kind: str = "identity") -> dict:
     """Parameters of a C x C invertible 1x1 convolution.
@@ -50,20 +55,23 @@ class Conv1x1(distrax.Bijector):
 
     @property
     def matrix(self) -> jnp.ndarray:
-        return self.perm @ self.lower @ self.upper
+        return jnp.matmul(jnp.matmul(self.perm, self.lower, precision=EXACT), self.upper,
+                          precision=EXACT)
 
     def inverse_matrix(self) -> jnp.ndarray:
         eye = jnp.eye(self.log_diag.shape[0])
         lower_inv = solve_triangular(self.lower, eye, lower=True, unit_diagonal=True)
         upper_inv = solve_triangular(self.upper, eye, lower=False)
-        return upper_inv @ lower_inv @ self.perm.T
+        return jnp.matmul(jnp.matmul(upper_inv, lower_inv, precision=EXACT), self.perm.T,
+                          precision=EXACT)
 
     def _log_det(self, x):
         h, w = x.shape[-3:-1]
         return jnp.broadcast_to(h * w * jnp.sum(self.log_diag), x.shape[:-3])
 
     def forward_and_log_det(self, x):
-        return jnp.einsum("...c,dc->...d", x, self.matrix), self._log_det(x)
+        return jnp.einsum("...c,dc->...d", x, self.matrix, precision=EXACT), self._log_det(x)
 
     def inverse_and_log_det(self, y):
-        return jnp.einsum("...c,dc->...d", y, self.inverse_matrix()), -self._log_det(y)
+        return (jnp.einsum("...c,dc->...d", y, self.inverse_matrix(), precision=EXACT),
+                -self._log_det(y))
