@@ -142,14 +142,20 @@ def quality(checkpoint: str, data_dir: str | None, out: str, batch: int, quick: 
     return result
 
 
-def _validation_scores(flow, manifest, settings, batch: int, slice_stride: int) -> dict:
-    """HM and BlindHarmony on the VALIDATION subjects."""
-    from bh_jax.evaluate import as_evaluation, classical_methods, evaluate_methods
-    from bh_jax.harmonize.run import flow_method
+def _validation_scores(flow, manifest, harmonizer, weights, slice_stride: int) -> dict:
+    """HM and BlindHarmony (`harmonizer` at `weights`) on the VALIDATION subjects."""
+    from tqdm.auto import tqdm
 
-    methods = {"HM": classical_methods(flow.reference)["HM"],
-               "BlindHarmony": as_evaluation(flow_method(flow, "blindharmony", settings, batch),
-                                             progress=True)}
+    from bh_jax.evaluate import classical_methods, evaluate_methods
+    from bh_jax.harmonize import harmonize_volumes
+
+    def blindharmony(volumes):
+        with tqdm(total=sum(len(p.slices) for p in volumes), unit="slice",
+                  desc="blindharmony") as bar:
+            results = harmonize_volumes(harmonizer, volumes, flow.reference, bar, weights)
+        return [r.slices for r in results]
+
+    methods = {"HM": classical_methods(flow.reference)["HM"], "BlindHarmony": blindharmony}
     return evaluate_methods(manifest, flow.config.data, methods, sites=SWEEP_SITES, split="val",
                             slice_stride=slice_stride)
 
@@ -159,23 +165,29 @@ SWEEP_SITES = ["exp", "log", "gamma0.7", "siteA", "siteB", "siteC", "siteD"]
 
 def sweep(checkpoint: str, data_dir: str | None, batch: int, b2s, alphas, lrs, steps,
           slice_stride: int = 1) -> list[dict]:
-    """Grid over (b2, alpha, learning rate, steps) on the VALIDATION subjects."""
-    from bh_jax.harmonize import Weights
+    """Grid over (b2, alpha, learning rate, steps) on the VALIDATION subjects.
+
+    One compiled harmonizer per (learning rate, steps): the weights are data.
+    """
+    from bh_jax.harmonize import Harmonizer, Weights
     from bh_jax.harmonize.defaults import default_settings
 
     flow, manifest = _evaluation(checkpoint, data_dir)
     rows = []
-    for b2, alpha, lr, n in itertools.product(b2s, alphas, lrs, steps):
-        settings = replace(default_settings(), weights=Weights(1.0, b2, alpha),
-                           learning_rate=lr, steps=n)
-        out = _validation_scores(flow, manifest, settings, batch, slice_stride)
-        bh = [out[s]["BlindHarmony"]["psnr"] for s in out]
-        hm = [out[s]["HM"]["psnr"] for s in out]
-        row = {"b2": b2, "alpha": alpha, "learning_rate": lr, "steps": n,
-               "mean_psnr": float(np.mean(bh)), "mean_gain_over_hm": float(np.mean(bh) - np.mean(hm)),
-               **{f"{s}_psnr": out[s]["BlindHarmony"]["psnr"] for s in out}}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    for lr, n in itertools.product(lrs, steps):
+        settings = replace(default_settings(), learning_rate=lr, steps=n)
+        harmonizer = Harmonizer(flow.model, flow.params, settings, batch)
+        for b2, alpha in itertools.product(b2s, alphas):
+            out = _validation_scores(flow, manifest, harmonizer, Weights(1.0, b2, alpha),
+                                     slice_stride)
+            bh = [out[s]["BlindHarmony"]["psnr"] for s in out]
+            hm = [out[s]["HM"]["psnr"] for s in out]
+            row = {"b2": b2, "alpha": alpha, "learning_rate": lr, "steps": n,
+                   "mean_psnr": float(np.mean(bh)),
+                   "mean_gain_over_hm": float(np.mean(bh) - np.mean(hm)),
+                   **{f"{s}_psnr": out[s]["BlindHarmony"]["psnr"] for s in out}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows
 
 
