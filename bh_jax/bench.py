@@ -31,6 +31,11 @@ def machine() -> str:
             f"{platform.processor() or platform.machine()}, jax {jax.__version__}")
 
 
+def _stage(message: str) -> None:
+    """Progress on stderr: compiling can take minutes on an accelerator."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
 def _timed(fn, *args, repeats: int = 3) -> tuple[float, float]:
     """(first call incl. compile, best of `repeats` later calls), seconds."""
     start = time.perf_counter()
@@ -66,11 +71,13 @@ def bench_flow(preset: str, batch: int, repeats: int) -> dict:
     # The round trip first: timed after the much larger train step in the same
     # process, `reference` at batch 8 measured 0.70 instead of 0.86-0.89 slices/s
     # (2-core CPU).
+    _stage(f"{preset} flow initialised, {count_params(params):,} params; timing the round trip")
     round_trip = jax.jit(lambda p, v: model.decode(p, model.encode(p, v)))
     rt_first, rt_best = _timed(round_trip, params, x, repeats=repeats)
     # The harmonizer relies on decode(encode(x)) == x; reduced-precision matmuls
     # (e.g. TF32 on a GPU, see JAX_DEFAULT_MATMUL_PRECISION) would show here.
     round_trip_error = float(jnp.max(jnp.abs(round_trip(params, x) - x)))
+    _stage(f"round trip {batch / rt_best:.3g} slices/s; timing the train step")
     step = make_train_step(model, config.train)
     key = jax.random.PRNGKey(2)
     train_first, train_best = _timed(lambda: step(state, x, key)[1], repeats=repeats)
@@ -111,6 +118,7 @@ def bench_harmonize(preset: str, batch: int, steps: int | None, repeats: int,
         row.update(memory_mib=sum(memory.values()), temporaries_mib=memory["temporaries"],
                    machine=machine())
         rows.append(row)
+        _stage(json.dumps(row))
     return rows
 
 

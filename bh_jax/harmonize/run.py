@@ -6,6 +6,7 @@ output is written atomically, and nothing is written for a failed subject.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -169,6 +170,10 @@ def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
 
     failures: list[tuple[Path, str]] = []
     bar = tqdm(total=0, unit="slice", desc=f"harmonize ({method.name})", disable=not progress)
+    if progress and method.settings is not None:
+        # The first batch waits for XLA: seconds to minutes, longer on a GPU than a CPU.
+        tqdm.write(f"compiling the {method.settings.solver} solver once for the whole run ...",
+                   file=sys.stderr)
     done = 0
     for first in range(0, len(jobs), chunk):
         loaded = []
