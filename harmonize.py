@@ -44,12 +44,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         choices=["blindharmony", "hm", "ssimh", "unet", "cyclegan"],
                         help="hm / ssimh use the flow checkpoint's target statistics; unet / "
                              "cyclegan need a baseline checkpoint (default blindharmony)")
-    parser.add_argument("--solver", default="latent", choices=["latent", "alternating"])
+    parser.add_argument("--solver", default="latent", choices=["latent", "alternating", "image"],
+                        help="latent: Adam on z (default); alternating: the published scheme; "
+                             "image: Adam on the image with the exact log-density as prior")
     parser.add_argument("--steps", type=int, help="solver steps (default: the solver's)")
     parser.add_argument("--learning-rate", type=float, help="solver step size")
     parser.add_argument("--b1", type=float, help="weight of 1 - NCC")
     parser.add_argument("--b2", type=float, help="weight of the edge term")
-    parser.add_argument("--alpha", type=float, help="weight of the latent prior |z|^2/D")
+    parser.add_argument("--alpha", type=float, help="weight of the prior term (|z|^2/D; -log p(x)/D for image)")
     parser.add_argument("--init", choices=["hm", "template", "source"],
                         help="starting image (default hm)")
     parser.add_argument("--batch-size", type=int, default=16,

@@ -98,12 +98,13 @@ def bench_harmonize(preset: str, batch: int, steps: int | None, repeats: int,
     """
     from bh_jax.harmonize import Harmonizer
     from bh_jax.harmonize.defaults import default_settings
+    from bh_jax.harmonize.solvers import SOLVERS
 
     config, model, params, x = _random_model(preset, batch)
     images = np.asarray(x[..., 0])
     brains = np.ones_like(images, bool)
     rows = []
-    for solver in ("latent", "alternating"):
+    for solver in SOLVERS:
         settings = default_settings(solver)
         if steps:
             settings = replace(settings, steps=steps)
@@ -172,8 +173,8 @@ SWEEP_SITES = ["exp", "log", "gamma0.7", "siteA", "siteB", "siteC", "siteD"]
 
 
 def sweep(checkpoint: str, data_dir: str | None, batch: int, b2s, alphas, lrs, steps,
-          slice_stride: int = 1) -> list[dict]:
-    """Grid over (b2, alpha, learning rate, steps) on the VALIDATION subjects.
+          slice_stride: int = 1, solver: str = "latent") -> list[dict]:
+    """Grid over (b2, alpha, learning rate, steps) of `solver` on the VALIDATION subjects.
 
     One compiled harmonizer per (learning rate, steps): the weights are data.
     """
@@ -183,14 +184,14 @@ def sweep(checkpoint: str, data_dir: str | None, batch: int, b2s, alphas, lrs, s
     flow, manifest = _evaluation(checkpoint, data_dir)
     rows = []
     for lr, n in itertools.product(lrs, steps):
-        settings = replace(default_settings(), learning_rate=lr, steps=n)
+        settings = replace(default_settings(solver), learning_rate=lr, steps=n)
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch)
         for b2, alpha in itertools.product(b2s, alphas):
             out = _validation_scores(flow, manifest, harmonizer, Weights(1.0, b2, alpha),
                                      slice_stride)
             bh = [out[s]["BlindHarmony"]["psnr"] for s in out]
             hm = [out[s]["HM"]["psnr"] for s in out]
-            row = {"b2": b2, "alpha": alpha, "learning_rate": lr, "steps": n,
+            row = {"solver": solver, "b2": b2, "alpha": alpha, "learning_rate": lr, "steps": n,
                    "mean_psnr": float(np.mean(bh)),
                    "mean_gain_over_hm": float(np.mean(bh) - np.mean(hm)),
                    **{f"{s}_psnr": out[s]["BlindHarmony"]["psnr"] for s in out}}
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--alpha", type=float, nargs="+", default=[0.001, 0.01, 0.1])
     sw.add_argument("--learning-rate", type=float, nargs="+", default=[0.05])
     sw.add_argument("--steps", type=int, nargs="+", default=[100])
+    sw.add_argument("--solver", default="latent", choices=["latent", "alternating", "image"])
     for p in sub.choices.values():
         p.add_argument("--repeats", type=int, default=3)
         p.add_argument("--json", help="also write the results here")
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_table(result))
     elif args.command == "sweep":
         result = sweep(args.checkpoint, args.data_dir, args.batch_size, args.b2, args.alpha,
-                       args.learning_rate, args.steps, args.slice_stride)
+                       args.learning_rate, args.steps, args.slice_stride, args.solver)
         print(_table(result))
     elif args.command == "prior":
         result = prior(args.checkpoint, args.data_dir, args.batch_size, args.slice_stride)

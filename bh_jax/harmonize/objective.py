@@ -3,6 +3,8 @@
     L(z) = b1 (1 - NCC_B(x_h, x_s)) + b2 ||M G x_h||_1 / |M| + a |z|^2 / D,
     x_h = f^-1(z)
 
+(the `image` solver replaces |z|^2 / D by the exact -log p(x_h) / D).
+
 B is the brain mask, M the non-edge mask of the source, G the image gradient
 (both axes), D = H * W the latent size. Dividing the edge term by the mask
 size and the prior by D makes b2 and a mean the same at every image size.
@@ -87,12 +89,22 @@ def edge_term(x: jnp.ndarray, non_edge: jnp.ndarray, gradient: str = "sobel") ->
     return total / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def objective_terms(x_h: jnp.ndarray, z: jnp.ndarray, source: jnp.ndarray, brain: jnp.ndarray,
-                    non_edge: jnp.ndarray, gradient: str = "sobel") -> dict[str, jnp.ndarray]:
-    """The unweighted terms for image x_h [H, W] with latent z [D]."""
+def latent_prior(z: jnp.ndarray) -> jnp.ndarray:
+    """|z|^2 / D: the published prior term (the latent's squared norm per dimension)."""
+    return jnp.mean(z**2)
+
+
+def objective_terms(x_h: jnp.ndarray, prior: jnp.ndarray, source: jnp.ndarray,
+                    brain: jnp.ndarray, non_edge: jnp.ndarray, gradient: str = "sobel"
+                    ) -> dict[str, jnp.ndarray]:
+    """The unweighted terms for image x_h [H, W] whose prior term is `prior`.
+
+    `prior` is computed by the solver: `latent_prior(z)` for the latent and
+    alternating solvers, the negative log-density per dimension for `image`.
+    """
     return {"one_minus_ncc": 1.0 - ncc(x_h, source, brain),
             "edge": edge_term(x_h, non_edge, gradient),
-            "prior": jnp.mean(z**2)}
+            "prior": prior}
 
 
 def weighted_loss(terms: dict[str, jnp.ndarray], weights: Weights) -> jnp.ndarray:

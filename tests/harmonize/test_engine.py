@@ -89,6 +89,33 @@ def test_latent_solver_lowers_its_objective(flow, volumes):
     assert not d["failed"].any()
 
 
+def test_image_solver_lowers_its_objective_under_the_exact_prior(flow, volumes):
+    from dataclasses import replace
+
+    from bh_jax.harmonize.defaults import default_settings
+
+    settings = replace(default_settings("image"), steps=5)
+    harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=8,
+                            devices=jax.devices()[:1])
+    result = harmonize_volumes(harmonizer, volumes[:1], flow.reference)[0]
+    d = result.diagnostics
+    assert np.mean(d["loss_end"]) < np.mean(d["loss_start"])
+    assert not d["failed"].any()
+    assert not result.slices[~volumes[0].slice_masks].any()
+    # The prior term is the flow's negative log-density per pixel of the output.
+    nll = -flow.model.log_prob(flow.params, result.slices[..., None]) / flow.model.latent_size
+    np.testing.assert_allclose(d["prior_end"], nll, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_offers_every_solver():
+    import harmonize
+    from bh_jax.harmonize.solvers import SOLVERS
+
+    for solver in SOLVERS:
+        args = ["x.nii.gz", "--checkpoint", "c", "--output-dir", "o", "--solver", solver]
+        assert harmonize.parse_args(args).solver == solver
+
+
 def test_rejects_batch_not_divisible_by_devices(flow):
     with pytest.raises(ValueError, match="multiple of the number of devices"):
         Harmonizer(flow.model, flow.params, SolverConfig(), batch_size=6)

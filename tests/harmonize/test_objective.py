@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bh_jax.harmonize.objective import (edge_term, image_gradient, ncc, non_edge_mask,
-                                        objective_terms)
+from bh_jax.harmonize.objective import (edge_term, image_gradient, latent_prior, ncc,
+                                        non_edge_mask, objective_terms)
 
 
 def test_ncc_matches_pearson_inside_mask():
@@ -72,7 +72,8 @@ def test_non_edge_mask_corner_cases():
     assert np.asarray(non_edge_mask(flat, brain)).all()  # flat: nothing is an edge
     background = np.zeros((8, 8), np.float32)
     assert not np.asarray(non_edge_mask(background, np.zeros((8, 8), bool))).any()
-    terms = objective_terms(jnp.asarray(background), jnp.zeros(64), jnp.asarray(background),
+    terms = objective_terms(jnp.asarray(background), latent_prior(jnp.zeros(64)),
+                            jnp.asarray(background),
                             jnp.zeros((8, 8), bool), jnp.zeros((8, 8), bool))
     assert all(np.isfinite(float(v)) for v in terms.values())
 
@@ -84,7 +85,7 @@ def test_terms_are_differentiable_and_finite():
     non_edge = non_edge_mask(source, brain)
 
     def total(x):
-        t = objective_terms(x, x.ravel(), source, brain, non_edge)
+        t = objective_terms(x, latent_prior(x.ravel()), source, brain, non_edge)
         return t["one_minus_ncc"] + t["edge"] + t["prior"]
 
     grad = jax.grad(total)(jnp.asarray(rng.random((8, 8)), jnp.float32))
