@@ -1,4 +1,5 @@
-"""harmonize.py end to end: outputs, geometry, skip/resume, one bad subject among good ones."""
+"""harmonize.py end to end: outputs, geometry, skip/resume, one bad subject among good ones,
+the whole-run progress total."""
 
 import json
 import subprocess
@@ -93,3 +94,44 @@ def test_clear_errors_for_missing_checkpoint_and_inputs(tmp_path, inputs, traine
     result = _harmonize(empty, "--checkpoint", trained[0], "--output-dir", tmp_path)
     assert result.returncode == 2 and "no NIfTI files" in result.stderr
     assert not list(tmp_path.glob("*harmonized*"))
+
+
+class _RecordingBar:
+    """Stands in for tqdm: records the total at every refresh."""
+
+    totals: list[int] = []
+
+    def __init__(self, total=0, **_):
+        self.total, self.n = total, 0
+
+    def update(self, n):
+        self.n += n
+
+    def refresh(self):
+        _RecordingBar.totals.append(self.total)
+
+    def close(self):
+        _RecordingBar.totals.append(self.total)
+
+    def set_postfix(self, **_):
+        pass
+
+
+def test_progress_total_estimates_the_whole_run(tiny_phantom, tiny_config, tmp_path, monkeypatch):
+    import tqdm.auto
+
+    from bh_jax.harmonize.pipeline import HarmonizedVolume
+    from bh_jax.harmonize.run import Job, VolumeMethod, _volume_by_volume, output_path, run_jobs
+
+    _, manifest = tiny_phantom
+    paths = [Path(e["path"]) for e in manifest["images"] if e["site"] == "siteA"][:3]
+    jobs = [Job(p, output_path(tmp_path, p)) for p in paths]
+    identity = _volume_by_volume(lambda p: HarmonizedVolume(p, p.slices, {}))
+    method = VolumeMethod("identity", tiny_config.data, 4, {}, None, identity)
+    monkeypatch.setattr(tqdm.auto, "tqdm", _RecordingBar)
+    _RecordingBar.totals = []
+    assert run_jobs(jobs, method, chunk=1, progress=False) == []
+    slices = [len(json.loads(j.report.read_text())["slice_indices"]) for j in jobs]
+    # After the first subject: its slice count for each of the three; at the end: exact.
+    assert _RecordingBar.totals[0] == 3 * slices[0]
+    assert _RecordingBar.totals[-1] == sum(slices)

@@ -162,10 +162,21 @@ def write_result(job: Job, result: HarmonizedVolume, method: VolumeMethod, outpu
     })
 
 
+def estimated_slices(slices_loaded: int, subjects_loaded: int, subjects_left: int) -> int:
+    """Slices of a whole run, for its ETA: the loaded ones plus the mean per loaded subject
+    for each subject not yet loaded (a subject's slice count is known only once loaded)."""
+    per_subject = slices_loaded / subjects_loaded if subjects_loaded else 0.0
+    return slices_loaded + round(per_subject * subjects_left)
+
+
 def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
              mask_dir=None, qc_png: bool = False, chunk: int = 8,
              progress: bool = True) -> list[tuple[Path, str]]:
-    """Harmonizes every job; returns [(input, reason)] for those that failed."""
+    """Harmonizes every job; returns [(input, reason)] for those that failed.
+
+    Subjects are loaded `chunk` at a time; the progress bar's total (hence its
+    ETA) is the whole run's, estimated until the last chunk is loaded.
+    """
     from tqdm.auto import tqdm
 
     failures: list[tuple[Path, str]] = []
@@ -174,7 +185,7 @@ def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
         # The first batch waits for XLA: seconds to minutes, longer on a GPU than a CPU.
         tqdm.write(f"compiling the {method.settings.solver} solver once for the whole run ...",
                    file=sys.stderr)
-    done = 0
+    done = slices_loaded = subjects_loaded = 0
     for first in range(0, len(jobs), chunk):
         loaded = []
         for job in jobs[first:first + chunk]:
@@ -187,7 +198,10 @@ def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
                 continue
             loaded.append((job, prepared, time.perf_counter() - start,
                            str(mask_path) if mask_path else "automatic"))
-        bar.total += sum(len(p.slices) for _, p, _, _ in loaded)
+        slices_loaded += sum(len(p.slices) for _, p, _, _ in loaded)
+        subjects_loaded += len(loaded)
+        bar.total = estimated_slices(slices_loaded, subjects_loaded,
+                                     max(len(jobs) - first - chunk, 0))
         bar.refresh()
         start = time.perf_counter()
         results = method.harmonize([p for _, p, _, _ in loaded], bar)
@@ -205,5 +219,6 @@ def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
                 continue
             done += 1
             bar.set_postfix(subjects=f"{done}/{len(jobs)}")
+    bar.total = bar.n  # the estimate counted subjects that then failed to load
     bar.close()
     return failures
