@@ -134,13 +134,15 @@ def _evaluation(checkpoint: str, data_dir: str | None):
 
 
 def quality(checkpoint: str, data_dir: str | None, out: str, batch: int, quick: bool = False,
-            slice_stride: int = 1, baseline_steps: int | None = None, **baselines) -> dict:
-    """The paper's tables on the test subjects (`bh_jax.tables`); --quick: a tiny run."""
+            slice_stride: int = 1, baseline_steps: int | None = None, solver: str = "latent",
+            **baselines) -> dict:
+    """The paper's tables on the test subjects (`bh_jax.tables`), BlindHarmony with
+    `solver`'s default settings; --quick: a tiny run."""
     from bh_jax.harmonize.defaults import default_settings
     from bh_jax.tables import QUICK, reproduce_tables
 
     flow, manifest = _evaluation(checkpoint, data_dir)
-    settings = default_settings()
+    settings = default_settings(solver)
     if quick:
         settings = replace(settings, steps=QUICK["solver_steps"])
         baseline_steps = QUICK["baseline_steps"]
@@ -221,6 +223,8 @@ def _table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bh_jax.harmonize.defaults import DEFAULTS
+
     parser = argparse.ArgumentParser(prog="python -m bh_jax.bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     flow = sub.add_parser("flow", help="flow size and speed")
@@ -241,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--slice-stride", type=int, default=1,
                        help="use every k-th slice of each volume (quicker)")
+    for name in ("sweep", "quality"):
+        sub.choices[name].add_argument("--solver", default="latent", choices=sorted(DEFAULTS),
+                                       help="BlindHarmony's solver (default: latent)")
     qu = sub.choices["quality"]
     qu.add_argument("--out", required=True, help="tables (md, json) and figure go here")
     qu.add_argument("--quick", action="store_true", help="tiny run (the test suite's)")
@@ -254,7 +261,6 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--alpha", type=float, nargs="+", default=[0.001, 0.01, 0.1])
     sw.add_argument("--learning-rate", type=float, nargs="+", default=[0.05])
     sw.add_argument("--steps", type=int, nargs="+", default=[100])
-    sw.add_argument("--solver", default="latent", choices=["latent", "alternating", "image"])
     for p in sub.choices.values():
         p.add_argument("--repeats", type=int, default=3)
         p.add_argument("--json", help="also write the results here")
@@ -278,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         result = quality(args.checkpoint, args.data_dir, args.out, args.batch_size, args.quick,
                          args.slice_stride, unet=args.unet, cyclegan=args.cyclegan,
                          segmenter=args.segmenter, source=args.source,
-                         baseline_steps=args.baseline_steps)
+                         baseline_steps=args.baseline_steps, solver=args.solver)
         print(f"Test subjects, checkpoint {result['checkpoint']['workdir']} step "
               f"{result['checkpoint']['step']}, {result['machine']}, "
               f"{result['seconds']:.0f} s:\n")

@@ -75,8 +75,10 @@ def test_quality_quick_end_to_end(trained, tiny_phantom, baselines, tmp_path):
     from bh_jax.tables import SCANNERS, SHIFTS
 
     folder, _ = tiny_phantom
+    # The `image` solver here: the default `latent` one runs in the demo and CLI tests.
     result = quality(str(trained[0]), str(folder), str(tmp_path), batch=8, quick=True,
-                     **{kind: str(baselines[kind][0]) for kind in baselines})
+                     solver="image", **{kind: str(baselines[kind][0]) for kind in baselines})
+    assert result["settings"].startswith("SolverConfig(solver='image'")
     rows = ["Source", "BlindHarmony", "HM", "SSIMH", "CycleGAN (exp)", "U-net (exp)"]
     assert set(result["results"]) == set(SHIFTS + SCANNERS)
     for site, scores in result["results"].items():
