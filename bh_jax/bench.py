@@ -223,7 +223,7 @@ def _table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bh_jax.harmonize.defaults import DEFAULTS
+    from bh_jax.harmonize.solvers import SOLVERS
 
     parser = argparse.ArgumentParser(prog="python -m bh_jax.bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--slice-stride", type=int, default=1,
                        help="use every k-th slice of each volume (quicker)")
     for name in ("sweep", "quality"):
-        sub.choices[name].add_argument("--solver", default="latent", choices=sorted(DEFAULTS),
+        sub.choices[name].add_argument("--solver", default="latent", choices=SOLVERS,
                                        help="BlindHarmony's solver (default: latent)")
     qu = sub.choices["quality"]
     qu.add_argument("--out", required=True, help="tables (md, json) and figure go here")
