@@ -3,7 +3,7 @@
     python -m bh_jax.bench flow --preset reference --batch-size 8
     python -m bh_jax.bench harmonize --preset demo
     python -m bh_jax.bench sweep --checkpoint runs/demo      # validation subjects only
-    python -m bh_jax.bench prior --checkpoint runs/demo      # truth vs HM under the prior (val)
+    python -m bh_jax.bench prior --checkpoint runs/demo      # what the prior prefers (val)
     python -m bh_jax.bench quality --checkpoint runs/demo --out runs/tables   # test subjects
 """
 
@@ -202,17 +202,24 @@ def sweep(checkpoint: str, data_dir: str | None, batch: int, b2s, alphas, lrs, s
     return rows
 
 
-def prior(checkpoint: str, data_dir: str | None, batch: int, slice_stride: int = 1) -> list[dict]:
-    """Truth vs HM vs Source under the prior, VALIDATION subjects (`evaluate.prior_check`)."""
-    from bh_jax.evaluate import prior_check
+def prior(checkpoint: str, data_dir: str | None, batch: int, slice_stride: int = 1
+          ) -> dict[str, list[dict]]:
+    """The prior on the VALIDATION subjects: truth vs HM vs Source vs the oracle
+    affine map (`evaluate.prior_check`), and its preferred contrast
+    (`evaluate.contrast_check`)."""
+    from bh_jax.evaluate import contrast_check, prior_check
 
     flow, manifest = _evaluation(checkpoint, data_dir)
     results = prior_check(flow, manifest, SWEEP_SITES, "val", slice_stride, batch)
-    return [{"site": site, **{f"{kind}_{k}": r[kind][k] for kind in ("Truth", "HM", "Source")
-                              for k in ("bpd", "z2")},
-             "truth_preferred_bpd": r["truth_preferred_bpd"],
-             "truth_preferred_z2": r["truth_preferred_z2"], "slices": r["slices"]}
-            for site, r in results.items()]
+    kinds = [("Truth", ("bpd", "z2")), *((k, ("bpd", "z2", "psnr"))
+                                         for k in ("HM", "Source", "Affine"))]
+    sites = [{"site": site, **{f"{kind}_{k}": r[kind][k] for kind, keys in kinds for k in keys},
+              "truth_preferred_bpd": r["truth_preferred_bpd"],
+              "truth_preferred_z2": r["truth_preferred_z2"], "slices": r["slices"]}
+             for site, r in results.items()]
+    contrast = contrast_check(flow, manifest, split="val", slice_stride=slice_stride,
+                              batch_size=batch)
+    return {"sites": sites, "contrast": contrast}
 
 
 def _table(rows: list[dict]) -> str:
@@ -238,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     harm.add_argument("--steps", type=int, help="override the solvers' default steps")
     for name, text in (("sweep", "solver settings on the validation subjects"),
                        ("quality", "the paper's tables on the test subjects"),
-                       ("prior", "does the prior rank the truth above HM? (validation)")):
+                       ("prior", "does the prior rank the truth above HM, and prefer the target's "
+                                  "contrast? (validation)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--checkpoint", required=True, help="flow training folder")
         p.add_argument("--data-dir", help="the built-in data set (default data/phantom-PRESET)")
@@ -279,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_table(result))
     elif args.command == "prior":
         result = prior(args.checkpoint, args.data_dir, args.batch_size, args.slice_stride)
-        print(_table(result))
+        print(_table(result["sites"]))
+        print("\nThe truth with its contrast scaled (1 = as acquired):")
+        print(_table(result["contrast"]))
     else:
         result = quality(args.checkpoint, args.data_dir, args.out, args.batch_size, args.quick,
                          args.slice_stride, unet=args.unet, cyclegan=args.cyclegan,

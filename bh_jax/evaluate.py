@@ -195,15 +195,18 @@ def prior_check(flow: "LoadedFlow", manifest: dict, sites: Iterable[str], split:
     """Does the prior rank the truth above HM? (Where BlindHarmony can beat HM.)
 
     For every source site, scores the same subjects' Truth (target-site image),
-    HM output and Source under the flow: mean bits/dim and mean z^2 (the
-    objective's prior term), and the fraction of slices whose truth has a
+    HM output, Source and Affine under the flow: mean bits/dim and mean z^2
+    (the objective's prior term), and the fraction of slices whose truth has a
     lower bits/dim (or z^2) than their HM image. Fractions near 0.5 mean the
     prior cannot tell HM's residual intensity error from the truth, so no
-    weighting of the prior term can move BlindHarmony past HM.
+    weighting of the prior term can move BlindHarmony past HM. Affine is the
+    oracle `best_affine` map of the source: the closest any result with
+    NCC = 1 can come to the truth; its PSNR (and HM's, the source's) against
+    the truth says how much room the NCC term leaves above HM.
 
     Returns:
-      {site: {"Truth"|"HM"|"Source": {"bpd", "z2"}, "truth_preferred_bpd",
-      "truth_preferred_z2", "slices"}}.
+      {site: {"Truth": {"bpd", "z2"}, "HM"|"Source"|"Affine": {"bpd", "z2",
+      "psnr"}, "truth_preferred_bpd", "truth_preferred_z2", "slices"}}.
     """
     def scores_of(slices: np.ndarray) -> dict[str, np.ndarray]:
         return prior_scores(flow.model, flow.params, slices, batch_size)
@@ -214,17 +217,22 @@ def prior_check(flow: "LoadedFlow", manifest: dict, sites: Iterable[str], split:
         entries = [e for e in manifest["images"] if e["split"] == split and e["site"] == site]
         if not entries:
             continue
-        kinds: dict[str, list[dict]] = {"Truth": [], "HM": [], "Source": []}
+        kinds: dict[str, list[dict]] = {"Truth": [], "HM": [], "Source": [], "Affine": []}
         for entry in entries:
+            truth = every_nth_slice(prepare_entry(entry, flow.config.data, key="truth"),
+                                    slice_stride)
             if entry["subject"] not in truth_scores:
-                truth = prepare_entry(entry, flow.config.data, key="truth")
-                truth_scores[entry["subject"]] = scores_of(
-                    every_nth_slice(truth, slice_stride).slices)
+                truth_scores[entry["subject"]] = scores_of(truth.slices)
             source = every_nth_slice(prepare_entry(entry, flow.config.data), slice_stride)
             kinds["Truth"].append(truth_scores[entry["subject"]])
-            kinds["Source"].append(scores_of(source.slices))
-            kinds["HM"].append(scores_of(classical("hm", source, flow.reference).slices))
-        scores = {kind: {k: np.concatenate([p[k] for p in parts]) for k in ("bpd", "z2")}
+            for kind, image in (
+                    ("Source", source.slices),
+                    ("HM", classical("hm", source, flow.reference).slices),
+                    ("Affine", best_affine(source.slices, truth.slices, truth.slice_masks))):
+                scores = scores_of(image)
+                scores["psnr"] = slice_scores(image, truth.slices, truth.slice_masks)["psnr"]
+                kinds[kind].append(scores)
+        scores = {kind: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
                   for kind, parts in kinds.items()}
         results[site] = {kind: {k: float(v.mean()) for k, v in s.items()}
                          for kind, s in scores.items()}
@@ -233,6 +241,70 @@ def prior_check(flow: "LoadedFlow", manifest: dict, sites: Iterable[str], split:
                 np.mean(scores["Truth"][k] < scores["HM"][k]))
         results[site]["slices"] = int(len(scores["Truth"]["bpd"]))
     return results
+
+
+def best_affine(source: np.ndarray, truth: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The oracle a * source + b closest to the truth (least squares inside the masks).
+
+    One (a, b) for all [N, H, W] slices of a volume, clipped to [0, 1], zero
+    background: the best any method that keeps NCC(x, source) = 1 can do.
+    """
+    masks = np.asarray(masks, bool)
+    out = np.zeros_like(np.asarray(source, np.float32))
+    values = source[masks]
+    if values.size == 0:
+        return out
+    design = np.stack([values, np.ones_like(values)], axis=1).astype(np.float64)
+    coef = np.linalg.lstsq(design, truth[masks].astype(np.float64), rcond=None)[0]
+    out[masks] = np.clip(design @ coef, 0.0, 1.0)
+    return out
+
+
+def scale_contrast(slices: np.ndarray, masks: np.ndarray, factor: float) -> np.ndarray:
+    """[N, H, W] slices with their in-mask deviations from the in-mask mean times
+    `factor` (one mean for all slices), clipped to [0, 1]; zero background."""
+    masks = np.asarray(masks, bool)
+    out = np.zeros_like(np.asarray(slices, np.float32))
+    values = slices[masks]
+    if values.size:
+        mean = float(values.mean())
+        out[masks] = np.clip(mean + factor * (values - mean), 0.0, 1.0)
+    return out
+
+
+def contrast_check(flow: "LoadedFlow", manifest: dict,
+                   factors: Iterable[float] = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2),
+                   split: str = "val", slice_stride: int = 1, batch_size: int = 32
+                   ) -> list[dict]:
+    """Does the prior prefer the target's own contrast? (`scale_contrast` of the truth.)
+
+    Scores the split's target-site images with their contrast scaled by each
+    factor. A prior that knows the target's contrast scores factor 1 best; one
+    whose bits/dim (or z^2) keeps falling as the contrast falls pulls any
+    optimisation from the truth towards flat images, and cannot pick the
+    right intensities among NCC-equivalent images (affine maps of the source).
+
+    Returns:
+      One row per factor: {"contrast", "bpd", "z2" (means), "lowest_bpd",
+      "lowest_z2" (fraction of slices for which this factor scores best), "slices"}.
+    """
+    factors = list(factors)
+    volumes = [every_nth_slice(prepare_entry(e, flow.config.data), slice_stride)
+               for e in manifest["images"]
+               if e["split"] == split and e["site"] == manifest["target_site"]]
+    if not volumes:
+        raise ValueError(f"no target-site images in split {split!r}")
+    scores = [[prior_scores(flow.model, flow.params,
+                            scale_contrast(v.slices, v.slice_masks, f), batch_size)
+               for v in volumes] for f in factors]
+    stacked = {k: np.stack([np.concatenate([s[k] for s in per_factor]) for per_factor in scores])
+               for k in ("bpd", "z2")}  # [factors, slices]
+    lowest = {k: np.argmin(v, axis=0) for k, v in stacked.items()}
+    return [{"contrast": f, "bpd": float(stacked["bpd"][i].mean()),
+             "z2": float(stacked["z2"][i].mean()),
+             "lowest_bpd": float(np.mean(lowest["bpd"] == i)),
+             "lowest_z2": float(np.mean(lowest["z2"] == i)),
+             "slices": int(stacked["bpd"].shape[1])} for i, f in enumerate(factors)]
 
 
 def as_evaluation(method: "VolumeMethod", progress: bool = False,

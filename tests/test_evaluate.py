@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from bh_jax.checkpoint import load_flow
-from bh_jax.evaluate import prior_check, prior_scores
+from bh_jax.evaluate import (best_affine, contrast_check, prior_check, prior_scores,
+                             scale_contrast)
 from bh_jax.input_pipeline import prepare_entry
 
 
@@ -37,5 +38,50 @@ def test_prior_check_ranks_truth_hm_and_source(trained, tiny_phantom):
         assert r["Truth"]["bpd"] == pytest.approx(float(expected["bpd"].mean()), rel=1e-5)
         assert r["Truth"]["z2"] == pytest.approx(float(expected["z2"].mean()), rel=1e-5)
         assert 0.0 <= r["truth_preferred_bpd"] <= 1.0 and 0.0 <= r["truth_preferred_z2"] <= 1.0
+        assert set(r["Affine"]) == {"bpd", "z2", "psnr"}
+    # exp is nearly affine inside the brain: the oracle affine map is far closer than the source.
+    assert result["exp"]["Affine"]["psnr"] > result["exp"]["Source"]["psnr"] + 3.0
     # Site D (noisy, blurred, strong bias) is far from the target: the prior says so.
     assert result["siteD"]["Source"]["bpd"] > result["siteD"]["Truth"]["bpd"]
+
+
+def _volume(seed=0):
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((3, 8, 8), bool)
+    masks[:, 2:6, 1:7] = True
+    slices = np.where(masks, rng.uniform(0.2, 0.8, masks.shape), 0.0).astype(np.float32)
+    return slices, masks
+
+
+def test_best_affine_recovers_an_exact_affine_map():
+    source, masks = _volume()
+    truth = np.where(masks, 0.6 * source + 0.15, 0.0).astype(np.float32)
+    np.testing.assert_allclose(best_affine(source, truth, masks), truth, atol=1e-6)
+    # Outside the mask it is zero whatever the source; an empty mask gives zeros.
+    assert np.all(best_affine(source + 1.0, truth, masks)[~masks] == 0)
+    assert not best_affine(source, truth, np.zeros_like(masks)).any()
+
+
+def test_scale_contrast_scales_deviations_about_the_in_mask_mean():
+    slices, masks = _volume(1)
+    np.testing.assert_allclose(scale_contrast(slices, masks, 1.0), slices, atol=1e-7)
+    half = scale_contrast(slices, masks, 0.5)
+    assert half[masks].mean() == pytest.approx(slices[masks].mean(), abs=1e-6)
+    assert half[masks].std() == pytest.approx(0.5 * slices[masks].std(), rel=1e-5)
+    assert not half[~masks].any()
+    assert scale_contrast(slices, masks, 10.0).max() <= 1.0  # clipped
+
+
+def test_contrast_check_scores_the_scaled_truth(trained, tiny_phantom):
+    workdir, config, _ = trained
+    _, manifest = tiny_phantom
+    flow = load_flow(workdir)
+    rows = contrast_check(flow, manifest, factors=(0.5, 1.0), batch_size=4)
+    assert [r["contrast"] for r in rows] == [0.5, 1.0]
+    target = _val_slices(manifest, config, manifest["target_site"])
+    expected = prior_scores(flow.model, flow.params, target)
+    assert rows[1]["bpd"] == pytest.approx(float(expected["bpd"].mean()), rel=1e-5)
+    assert rows[1]["slices"] == len(target)
+    assert rows[0]["bpd"] != pytest.approx(rows[1]["bpd"], rel=1e-4)
+    for k in ("lowest_bpd", "lowest_z2"):
+        assert sum(r[k] for r in rows) == pytest.approx(1.0)
