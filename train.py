@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         jax.distributed.initialize()
     from bh_jax.checkpoint import CheckpointError
     from bh_jax.config import get_preset
+    from bh_jax.evaluate import preferred_contrast
     from bh_jax.input_pipeline import folder_slices, phantom_slices
     from bh_jax.io import BadInputError
     from bh_jax.train import check_resume, train
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     best = metrics["best_val_bpd"]
     print(f"step {metrics['step']}: best validation {best:.4f} bits/dim at step "
           f"{metrics['best_step']}; samples in {Path(args.workdir) / 'samples.png'}")
+    if "contrast_check" in metrics:
+        print(preferred_contrast(metrics["contrast_check"]))
     return 0
 
 

@@ -23,6 +23,7 @@ import optax
 from bh_jax.checkpoint import (METRICS_FILE, REFERENCE_FILE, CheckpointError, StateCheckpoints,
                                read_config, save_config)
 from bh_jax.config import Config, TrainConfig
+from bh_jax.evaluate import contrast_check
 from bh_jax.flows.model import FlowModel, count_params
 from bh_jax.input_pipeline import SliceSet, batch_indices, fixed_batches
 from bh_jax.io import new_figure, save_figure, write_json_atomic
@@ -200,16 +201,20 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
                 bar.set_postfix(bpd=f"{bpd:.3f}", val=f"{val_bpd:.3f}", img_s=f"{rate:.0f}")
             bar.update(1)
         bar.close()
+        contrast = None
         if done_training := int(state["step"]) >= tc.steps:
             save_samples_png(model, state["params"], workdir / "samples.png", tc.seed)
-        metrics = _write_metrics(metrics_path, model, state, history, finished=done_training)
+            contrast = contrast_check(model, state["params"], val_set.slices, val_set.masks,
+                                      batch_size=tc.batch_size)
+        metrics = _write_metrics(metrics_path, model, state, history, finished=done_training,
+                                 contrast=contrast)
     finally:
         checkpoints.close()
     return metrics
 
 
 def _write_metrics(path: Path, model: FlowModel, state: dict, history: list[dict],
-                   finished: bool = False) -> dict:
+                   finished: bool = False, contrast: list[dict] | None = None) -> dict:
     best = min(history, key=lambda h: h["val_bpd"]) if history else None
     metrics = {"step": int(state["step"]), "finished": finished,
                "params": count_params(state["params"]),
@@ -217,5 +222,7 @@ def _write_metrics(path: Path, model: FlowModel, state: dict, history: list[dict
                "best_step": best["step"] if best else None,
                "final_val_bpd": history[-1]["val_bpd"] if history else None,
                "history": history}
+    if contrast is not None:  # the finished prior's QC (`evaluate.contrast_check`)
+        metrics["contrast_check"] = contrast
     write_json_atomic(path, metrics)
     return metrics

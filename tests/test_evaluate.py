@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from bh_jax.checkpoint import load_flow
-from bh_jax.evaluate import (best_affine, contrast_check, prior_check, prior_scores,
-                             scale_contrast)
+from bh_jax.evaluate import (CONTRASTS, best_affine, contrast_check, preferred_contrast,
+                             prior_check, prior_scores, scale_contrast)
 from bh_jax.input_pipeline import prepare_entry
 
 
@@ -62,26 +62,39 @@ def test_best_affine_recovers_an_exact_affine_map():
     assert not best_affine(source, truth, np.zeros_like(masks)).any()
 
 
-def test_scale_contrast_scales_deviations_about_the_in_mask_mean():
+def test_scale_contrast_scales_deviations_about_each_slice_in_mask_mean():
     slices, masks = _volume(1)
-    np.testing.assert_allclose(scale_contrast(slices, masks, 1.0), slices, atol=1e-7)
+    slices[1] += 0.1 * masks[1]  # slices with different means
+    np.testing.assert_allclose(scale_contrast(slices, masks, 1.0), slices, atol=1e-6)
     half = scale_contrast(slices, masks, 0.5)
-    assert half[masks].mean() == pytest.approx(slices[masks].mean(), abs=1e-6)
-    assert half[masks].std() == pytest.approx(0.5 * slices[masks].std(), rel=1e-5)
+    for s, h, m in zip(slices, half, masks):
+        assert h[m].mean() == pytest.approx(s[m].mean(), abs=1e-6)
+        assert h[m].std() == pytest.approx(0.5 * s[m].std(), rel=1e-4)
     assert not half[~masks].any()
     assert scale_contrast(slices, masks, 10.0).max() <= 1.0  # clipped
+    assert not scale_contrast(slices, np.zeros_like(masks), 0.5).any()  # empty masks
 
 
-def test_contrast_check_scores_the_scaled_truth(trained, tiny_phantom):
-    workdir, config, _ = trained
+def test_contrast_check_scores_the_scaled_slices(trained, tiny_phantom):
+    workdir, config, metrics = trained
     _, manifest = tiny_phantom
     flow = load_flow(workdir)
-    rows = contrast_check(flow, manifest, factors=(0.5, 1.0), batch_size=4)
+    entries = [e for e in manifest["images"]
+               if e["split"] == "val" and e["site"] == manifest["target_site"]]
+    volumes = [prepare_entry(e, config.data) for e in entries]
+    slices = np.concatenate([v.slices for v in volumes])
+    masks = np.concatenate([v.slice_masks for v in volumes])
+    rows = contrast_check(flow.model, flow.params, slices, masks, factors=(0.5, 1.0),
+                          batch_size=4)
     assert [r["contrast"] for r in rows] == [0.5, 1.0]
-    target = _val_slices(manifest, config, manifest["target_site"])
-    expected = prior_scores(flow.model, flow.params, target)
+    expected = prior_scores(flow.model, flow.params, slices)
     assert rows[1]["bpd"] == pytest.approx(float(expected["bpd"].mean()), rel=1e-5)
-    assert rows[1]["slices"] == len(target)
+    assert rows[1]["slices"] == len(slices)
     assert rows[0]["bpd"] != pytest.approx(rows[1]["bpd"], rel=1e-4)
     for k in ("lowest_bpd", "lowest_z2"):
         assert sum(r[k] for r in rows) == pytest.approx(1.0)
+    # Training ran the same check on its validation slices when it finished.
+    assert [r["contrast"] for r in metrics["contrast_check"]] == list(CONTRASTS)
+    best = min(metrics["contrast_check"], key=lambda r: r["bpd"])["contrast"]
+    assert f"at {best:g}x their own contrast by bits/dim" in preferred_contrast(
+        metrics["contrast_check"])
