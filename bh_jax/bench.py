@@ -208,7 +208,7 @@ def prior(checkpoint: str, data_dir: str | None, batch: int, slice_stride: int =
     affine map (`evaluate.prior_check`), and its preferred contrast
     (`evaluate.contrast_check`)."""
     from bh_jax.evaluate import contrast_check, every_nth_slice, prior_check
-    from bh_jax.input_pipeline import prepare_entry
+    from bh_jax.input_pipeline import SliceSet, target_volumes
 
     flow, manifest = _evaluation(checkpoint, data_dir)
     results = prior_check(flow, manifest, SWEEP_SITES, "val", slice_stride, batch)
@@ -218,12 +218,10 @@ def prior(checkpoint: str, data_dir: str | None, batch: int, slice_stride: int =
               "truth_preferred_bpd": r["truth_preferred_bpd"],
               "truth_preferred_z2": r["truth_preferred_z2"], "slices": r["slices"]}
              for site, r in results.items()]
-    target = [every_nth_slice(prepare_entry(e, flow.config.data), slice_stride)
-              for e in manifest["images"]
-              if e["split"] == "val" and e["site"] == manifest["target_site"]]
-    contrast = contrast_check(flow.model, flow.params,
-                              np.concatenate([v.slices for v in target]),
-                              np.concatenate([v.slice_masks for v in target]), batch_size=batch)
+    target = SliceSet.from_volumes([every_nth_slice(v, slice_stride) for v in
+                                    target_volumes(manifest, flow.config.data, "val")])
+    contrast = contrast_check(flow.model, flow.params, target.slices, target.masks,
+                              batch_size=batch)
     return {"sites": sites, "contrast": contrast}
 
 

@@ -24,7 +24,8 @@ from bh_jax import metrics
 from bh_jax.config import DataConfig
 from bh_jax.harmonize.pipeline import HarmonizedVolume, classical
 from bh_jax.io import new_figure, save_figure
-from bh_jax.input_pipeline import fixed_batches, prepare_entry, wm_slices
+from bh_jax.input_pipeline import (SliceSet, fixed_batches, prepare_entry, target_volumes,
+                                   wm_slices)
 from bh_jax.preprocess import PreparedVolume
 from bh_jax.reference import TargetReference
 
@@ -48,12 +49,11 @@ def slice_scores(pred: np.ndarray, truth: np.ndarray, masks: np.ndarray) -> dict
 
 def target_reference(manifest: dict, config: DataConfig, split: str = "train") -> TargetReference:
     """Target-site statistics of one split of the built-in data set."""
-    prepared = [prepare_entry(e, config) for e in manifest["images"]
-                if e["split"] == split and e["site"] == manifest["target_site"]]
+    prepared = target_volumes(manifest, config, split)
     if not prepared:
         raise ValueError(f"no target-site images in split {split!r}")
-    return TargetReference.from_slices(np.concatenate([p.slices for p in prepared]),
-                                       np.concatenate([p.slice_masks for p in prepared]))
+    slices = SliceSet.from_volumes(prepared)
+    return TargetReference.from_slices(slices.slices, slices.masks)
 
 
 def classical_methods(reference: TargetReference) -> dict[str, Method]:
@@ -211,7 +211,8 @@ def prior_check(flow: "LoadedFlow", manifest: dict, sites: Iterable[str], split:
     def scores_of(slices: np.ndarray) -> dict[str, np.ndarray]:
         return prior_scores(flow.model, flow.params, slices, batch_size)
 
-    truth_scores: dict[str, dict[str, np.ndarray]] = {}  # per subject: shared by all sites
+    # Per subject, shared by all sites: the prepared truth and its scores.
+    truths: dict[str, tuple[PreparedVolume, dict[str, np.ndarray]]] = {}
     results = {}
     for site in sites:
         entries = [e for e in manifest["images"] if e["split"] == split and e["site"] == site]
@@ -219,12 +220,13 @@ def prior_check(flow: "LoadedFlow", manifest: dict, sites: Iterable[str], split:
             continue
         kinds: dict[str, list[dict]] = {"Truth": [], "HM": [], "Source": [], "Affine": []}
         for entry in entries:
-            truth = every_nth_slice(prepare_entry(entry, flow.config.data, key="truth"),
-                                    slice_stride)
-            if entry["subject"] not in truth_scores:
-                truth_scores[entry["subject"]] = scores_of(truth.slices)
+            if entry["subject"] not in truths:
+                truth = every_nth_slice(prepare_entry(entry, flow.config.data, key="truth"),
+                                        slice_stride)
+                truths[entry["subject"]] = truth, scores_of(truth.slices)
+            truth, truth_scores = truths[entry["subject"]]
             source = every_nth_slice(prepare_entry(entry, flow.config.data), slice_stride)
-            kinds["Truth"].append(truth_scores[entry["subject"]])
+            kinds["Truth"].append(truth_scores)
             for kind, image in (
                     ("Source", source.slices),
                     ("HM", classical("hm", source, flow.reference).slices),

@@ -107,13 +107,15 @@ def phantom_slices(config: Config, data_dir: str | os.PathLike,
     from bh_jax.data.phantom import ensure_phantom
 
     manifest = ensure_phantom(data_dir, config.phantom, config.name, progress=progress)
-    target = manifest["target_site"]
+    return (SliceSet.from_volumes(target_volumes(manifest, config.data, "train")),
+            SliceSet.from_volumes(target_volumes(manifest, config.data, "val")))
 
-    def split(name: str) -> SliceSet:
-        entries = [e for e in manifest["images"] if e["site"] == target and e["split"] == name]
-        return SliceSet.from_volumes([prepare_entry(e, config.data) for e in entries])
 
-    return split("train"), split("val")
+def target_volumes(manifest: dict, config: DataConfig, split: str) -> list[PreparedVolume]:
+    """The target-site images of one split of a phantom manifest, prepared."""
+    from bh_jax.data.phantom import select
+
+    return [prepare_entry(e, config) for e in select(manifest, split, manifest["target_site"])]
 
 
 def prepare_entry(entry: dict, config: DataConfig, key: str = "path") -> PreparedVolume:

@@ -5,7 +5,7 @@ import pytest
 from bh_jax.checkpoint import load_flow
 from bh_jax.evaluate import (CONTRASTS, best_affine, contrast_check, preferred_contrast,
                              prior_check, prior_scores, scale_contrast)
-from bh_jax.input_pipeline import prepare_entry
+from bh_jax.input_pipeline import SliceSet, prepare_entry, target_volumes
 
 
 def _val_slices(manifest, config, site, key="path"):
@@ -79,11 +79,8 @@ def test_contrast_check_scores_the_scaled_slices(trained, tiny_phantom):
     workdir, config, metrics = trained
     _, manifest = tiny_phantom
     flow = load_flow(workdir)
-    entries = [e for e in manifest["images"]
-               if e["split"] == "val" and e["site"] == manifest["target_site"]]
-    volumes = [prepare_entry(e, config.data) for e in entries]
-    slices = np.concatenate([v.slices for v in volumes])
-    masks = np.concatenate([v.slice_masks for v in volumes])
+    target = SliceSet.from_volumes(target_volumes(manifest, config.data, "val"))
+    slices, masks = target.slices, target.masks
     rows = contrast_check(flow.model, flow.params, slices, masks, factors=(0.5, 1.0),
                           batch_size=4)
     assert [r["contrast"] for r in rows] == [0.5, 1.0]

@@ -30,7 +30,9 @@ import orbax.checkpoint as ocp
 
 from bh_jax.baselines.networks import PatchDiscriminator, UNet
 from bh_jax.config import DataConfig
-from bh_jax.input_pipeline import batch_indices, fixed_batches, prepare_entry, wm_slices
+from bh_jax.data.phantom import select
+from bh_jax.input_pipeline import (batch_indices, fixed_batches, prepare_entry, target_volumes,
+                                   wm_slices)
 from bh_jax.io import write_json_atomic
 
 KINDS = ("unet", "cyclegan", "segmenter")
@@ -73,21 +75,17 @@ class BaselineConfig:
 # Data
 
 
-def _entries(manifest: dict, site: str, split: str) -> list[dict]:
-    return [e for e in manifest["images"] if e["site"] == site and e["split"] == split]
-
-
 def training_data(config: BaselineConfig, manifest: dict, data: DataConfig,
                   split: str = "train") -> dict[str, np.ndarray]:
     """[N, H, W] arrays of one split of the built-in data set for a baseline."""
     target = manifest["target_site"]
     if config.kind == "segmenter":
-        volumes = [(prepare_entry(e, data), e) for e in _entries(manifest, target, split)]
+        volumes = [(prepare_entry(e, data), e) for e in select(manifest, split, target)]
         labels = [wm_slices(p, e["wm"]) for p, e in volumes]
         return {"image": np.concatenate([p.slices for p, _ in volumes]),
                 "label": np.concatenate(labels).astype(np.float32),
                 "mask": np.concatenate([p.slice_masks for p, _ in volumes])}
-    entries = _entries(manifest, config.source, split)
+    entries = select(manifest, split, config.source)
     if not entries:
         raise ValueError(f"no {split} images of source site {config.source!r} "
                          f"(sites: {', '.join(manifest['sites'])})")
@@ -95,7 +93,7 @@ def training_data(config: BaselineConfig, manifest: dict, data: DataConfig,
     if config.kind == "unet":  # pairs: the same subject at the target site
         truths = [prepare_entry(e, data, key="truth") for e in entries]
     else:  # unpaired: the target site's own training images
-        truths = [prepare_entry(e, data) for e in _entries(manifest, target, split)]
+        truths = target_volumes(manifest, data, split)
     return {"source": np.concatenate([p.slices for p in sources]),
             "source_mask": np.concatenate([p.slice_masks for p in sources]),
             "target": np.concatenate([p.slices for p in truths]),
