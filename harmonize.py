@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 CHUNK_SUBJECTS = 8  # subjects whose slices are packed into the same batches
@@ -44,16 +44,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         choices=["blindharmony", "hm", "ssimh", "unet", "cyclegan"],
                         help="hm / ssimh use the flow checkpoint's target statistics; unet / "
                              "cyclegan need a baseline checkpoint (default blindharmony)")
-    parser.add_argument("--solver", default="latent", choices=["latent", "alternating", "image"],
+    parser.add_argument("--solver", default="latent",
+                        choices=["latent", "alternating", "image", "curve"],
                         help="latent: Adam on z (default); alternating: the published scheme; "
-                             "image: Adam on the image with the exact log-density as prior")
+                             "image: Adam on the image with the exact log-density as prior; "
+                             "curve: each volume's maximum-likelihood intensity curve only")
     parser.add_argument("--steps", type=int, help="solver steps (default: the solver's)")
     parser.add_argument("--learning-rate", type=float, help="solver step size")
     parser.add_argument("--b1", type=float, help="weight of 1 - NCC")
     parser.add_argument("--b2", type=float, help="weight of the edge term")
     parser.add_argument("--alpha", type=float, help="weight of the prior term (|z|^2/D; -log p(x)/D for image)")
-    parser.add_argument("--init", choices=["hm", "template", "source"],
-                        help="starting image (default hm)")
+    parser.add_argument("--init", choices=["calibrated", "hm", "template", "source"],
+                        help="starting image: the source through its maximum-likelihood "
+                             "intensity curve, histogram-matched, the target's mean slice, or "
+                             "as is (default: the solver's)")
     parser.add_argument("--batch-size", type=int, default=16,
                         help="slices per compiled batch (a multiple of the device count)")
     parser.add_argument("--output-scale", default="input", choices=["input", "unit"],
@@ -92,15 +96,14 @@ def demo_main(args: argparse.Namespace, settings) -> int:
 
 
 def solver_settings(args: argparse.Namespace):
-    from bh_jax.harmonize import SolverConfig, Weights
+    from bh_jax.harmonize import Weights
     from bh_jax.harmonize.defaults import default_settings
 
     base = default_settings(args.solver)
     weights = Weights(**{k: v if getattr(args, k) is None else getattr(args, k)
                          for k, v in asdict(base.weights).items()})
     overrides = {"steps": args.steps, "learning_rate": args.learning_rate, "init": args.init}
-    return SolverConfig(**{**asdict(base), "weights": weights,
-                           **{k: v for k, v in overrides.items() if v is not None}})
+    return replace(base, weights=weights, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,14 +135,14 @@ def _evaluation(checkpoint: str, data_dir: str | None):
 
 def quality(checkpoint: str, data_dir: str | None, out: str, batch: int, quick: bool = False,
             slice_stride: int = 1, baseline_steps: int | None = None, solver: str = "latent",
-            **baselines) -> dict:
+            init: str | None = None, **baselines) -> dict:
     """The paper's tables on the test subjects (`bh_jax.tables`), BlindHarmony with
-    `solver`'s default settings; --quick: a tiny run."""
+    `solver`'s default settings (and `init`, if given); --quick: a tiny run."""
     from bh_jax.harmonize.defaults import default_settings
     from bh_jax.tables import QUICK, reproduce_tables
 
     flow, manifest = _evaluation(checkpoint, data_dir)
-    settings = default_settings(solver)
+    settings = replace(default_settings(solver), init=init or default_settings(solver).init)
     if quick:
         settings = replace(settings, steps=QUICK["solver_steps"])
         baseline_steps = QUICK["baseline_steps"]
@@ -175,8 +175,9 @@ SWEEP_SITES = ["exp", "log", "gamma0.7", "siteA", "siteB", "siteC", "siteD"]
 
 
 def sweep(checkpoint: str, data_dir: str | None, batch: int, b2s, alphas, lrs, steps,
-          slice_stride: int = 1, solver: str = "latent") -> list[dict]:
-    """Grid over (b2, alpha, learning rate, steps) of `solver` on the VALIDATION subjects.
+          slice_stride: int = 1, solver: str = "latent", init: str | None = None) -> list[dict]:
+    """Grid over (b2, alpha, learning rate, steps) of `solver` (from `init`, default the
+    solver's) on the VALIDATION subjects.
 
     One compiled harmonizer per (learning rate, steps): the weights are data.
     """
@@ -186,14 +187,15 @@ def sweep(checkpoint: str, data_dir: str | None, batch: int, b2s, alphas, lrs, s
     flow, manifest = _evaluation(checkpoint, data_dir)
     rows = []
     for lr, n in itertools.product(lrs, steps):
-        settings = replace(default_settings(solver), learning_rate=lr, steps=n)
+        settings = replace(default_settings(solver), learning_rate=lr, steps=n,
+                           init=init or default_settings(solver).init)
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch)
         for b2, alpha in itertools.product(b2s, alphas):
             out = _validation_scores(flow, manifest, harmonizer, Weights(1.0, b2, alpha),
                                      slice_stride)
             bh = [out[s]["BlindHarmony"]["psnr"] for s in out]
             hm = [out[s]["HM"]["psnr"] for s in out]
-            row = {"solver": solver, "b2": b2, "alpha": alpha, "learning_rate": lr, "steps": n,
+            row = {"solver": solver, "init": settings.init, "b2": b2, "alpha": alpha, "learning_rate": lr, "steps": n,
                    "mean_psnr": float(np.mean(bh)),
                    "mean_gain_over_hm": float(np.mean(bh) - np.mean(hm)),
                    **{f"{s}_psnr": out[s]["BlindHarmony"]["psnr"] for s in out}}
@@ -233,7 +235,7 @@ def _table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bh_jax.harmonize.solvers import SOLVERS
+    from bh_jax.harmonize.solvers import INITS, SOLVERS
 
     parser = argparse.ArgumentParser(prog="python -m bh_jax.bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -259,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("sweep", "quality"):
         sub.choices[name].add_argument("--solver", default="latent", choices=SOLVERS,
                                        help="BlindHarmony's solver (default: latent)")
+        sub.choices[name].add_argument("--init", choices=INITS,
+                                       help="the solver's starting image (default: the "
+                                            "solver's default)")
     qu = sub.choices["quality"]
     qu.add_argument("--out", required=True, help="tables (md, json) and figure go here")
     qu.add_argument("--quick", action="store_true", help="tiny run (the test suite's)")
@@ -286,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_table(result))
     elif args.command == "sweep":
         result = sweep(args.checkpoint, args.data_dir, args.batch_size, args.b2, args.alpha,
-                       args.learning_rate, args.steps, args.slice_stride, args.solver)
+                       args.learning_rate, args.steps, args.slice_stride, args.solver,
+                       args.init)
         print(_table(result))
     elif args.command == "prior":
         result = prior(args.checkpoint, args.data_dir, args.batch_size, args.slice_stride)
@@ -297,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         result = quality(args.checkpoint, args.data_dir, args.out, args.batch_size, args.quick,
                          args.slice_stride, unet=args.unet, cyclegan=args.cyclegan,
                          segmenter=args.segmenter, source=args.source,
-                         baseline_steps=args.baseline_steps, solver=args.solver)
+                         baseline_steps=args.baseline_steps, solver=args.solver,
+                         init=args.init)
         print(f"Test subjects, checkpoint {result['checkpoint']['workdir']} step "
               f"{result['checkpoint']['step']}, {result['machine']}, "
               f"{result['seconds']:.0f} s:\n")

@@ -281,36 +281,43 @@ def contrast_check(model: "FlowModel", params: dict, slices: np.ndarray, masks: 
     """Does the prior prefer the target's own contrast? (`scale_contrast` of target slices.)
 
     Scores [N, H, W] target-site slices with their contrast scaled by each
-    factor. A prior that knows the target's contrast scores factor 1 best; one
-    whose bits/dim (or z^2) keeps falling as the contrast falls pulls any
-    optimisation from the truth towards flat images, and cannot pick the
-    right intensities among NCC-equivalent images (affine maps of the source).
+    factor c, three ways: bits/dim and z^2 of the scaled image (the solvers'
+    prior terms), and `bpd_cov`, the bits/dim of the *unscaled* image under
+    the flow pushed through the scaling (change of variables: bits/dim minus
+    the brain fraction times log2 c), the score `bh_jax.harmonize.calibration`
+    maximises. A score that keeps falling as the contrast falls pulls an
+    optimisation towards flat images and cannot pick the right intensities
+    among NCC-equivalent images (affine maps of the source); one that is
+    lowest at factor 1 knows the target's contrast.
 
     Returns:
-      One row per factor: {"contrast", "bpd", "z2" (means), "lowest_bpd",
-      "lowest_z2" (fraction of slices for which this factor scores best), "slices"}.
+      One row per factor: {"contrast", "bpd", "z2", "bpd_cov" (means),
+      "lowest_bpd", "lowest_z2", "lowest_bpd_cov" (fraction of slices for
+      which this factor scores best), "slices"}.
     """
     factors = list(factors)
     if len(slices) == 0:
         raise ValueError("contrast_check: no slices")
+    brain_fraction = np.asarray(masks, bool).mean(axis=(-2, -1))
     scores = [prior_scores(model, params, scale_contrast(slices, masks, f), batch_size)
               for f in factors]
-    stacked = {k: np.stack([s[k] for s in scores]) for k in ("bpd", "z2")}  # [factors, N]
+    for f, s in zip(factors, scores):
+        s["bpd_cov"] = s["bpd"] - brain_fraction * np.log2(f)
+    keys = ("bpd", "z2", "bpd_cov")
+    stacked = {k: np.stack([s[k] for s in scores]) for k in keys}  # [factors, N]
     lowest = {k: np.argmin(v, axis=0) for k, v in stacked.items()}
-    return [{"contrast": f, "bpd": float(stacked["bpd"][i].mean()),
-             "z2": float(stacked["z2"][i].mean()),
-             "lowest_bpd": float(np.mean(lowest["bpd"] == i)),
-             "lowest_z2": float(np.mean(lowest["z2"] == i)),
+    return [{"contrast": f, **{k: float(stacked[k][i].mean()) for k in keys},
+             **{f"lowest_{k}": float(np.mean(lowest[k] == i)) for k in keys},
              "slices": len(slices)} for i, f in enumerate(factors)]
 
 
 def preferred_contrast(rows: list[dict]) -> str:
-    """One line: the contrast factors with the lowest mean bits/dim and z^2."""
-    by_bpd = min(rows, key=lambda r: r["bpd"])["contrast"]
-    by_z2 = min(rows, key=lambda r: r["z2"])["contrast"]
-    return (f"prior QC: validation images score best at {by_bpd:g}x their own contrast by "
-            f"bits/dim, {by_z2:g}x by z^2 (1 = the prior knows the target's contrast; "
-            "below 1 it favours flat images)")
+    """One line: the contrast factors with the lowest mean score, each way."""
+    best = {k: min(rows, key=lambda r: r[k])["contrast"] for k in ("bpd", "z2", "bpd_cov")}
+    return (f"prior QC: validation images score best at {best['bpd']:g}x their own contrast by "
+            f"bits/dim, {best['z2']:g}x by z^2 (below 1: these favour flat images), "
+            f"{best['bpd_cov']:g}x by the change-of-variables score of the intensity "
+            "calibration (1 = it knows the target's contrast)")
 
 
 def as_evaluation(method: "VolumeMethod", progress: bool = False,

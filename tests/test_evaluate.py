@@ -88,7 +88,12 @@ def test_contrast_check_scores_the_scaled_slices(trained, tiny_phantom):
     assert rows[1]["bpd"] == pytest.approx(float(expected["bpd"].mean()), rel=1e-5)
     assert rows[1]["slices"] == len(slices)
     assert rows[0]["bpd"] != pytest.approx(rows[1]["bpd"], rel=1e-4)
-    for k in ("lowest_bpd", "lowest_z2"):
+    # The change-of-variables score: unchanged at 1, log2(2) bits per brain voxel more at 0.5
+    # (up to the clipping of scale_contrast, which leaves a halved contrast inside [0, 1]).
+    assert rows[1]["bpd_cov"] == pytest.approx(rows[1]["bpd"], rel=1e-6)
+    fraction = np.asarray(masks, bool).mean(axis=(-2, -1))
+    assert rows[0]["bpd_cov"] == pytest.approx(rows[0]["bpd"] + fraction.mean(), rel=1e-5)
+    for k in ("lowest_bpd", "lowest_z2", "lowest_bpd_cov"):
         assert sum(r[k] for r in rows) == pytest.approx(1.0)
     # Training ran the same check on its validation slices when it finished.
     assert [r["contrast"] for r in metrics["contrast_check"]] == list(CONTRASTS)

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from bh_jax.flows.model import FlowModel
+from bh_jax.harmonize.calibration import Calibrator
 from bh_jax.harmonize.objective import Weights
 from bh_jax.harmonize.solvers import SolverConfig, solver_fn
 from bh_jax.input_pipeline import fixed_batches
@@ -27,6 +28,8 @@ class Harmonizer:
     Attributes:
       compilations: how many times the batch program was traced (1 after the
         first batch, whatever the number of subjects; tests check this).
+      calibrator: the intensity calibration of settings.init = 'calibrated'
+        (else None).
     """
 
     def __init__(self, model: FlowModel, params: dict, settings: SolverConfig,
@@ -38,6 +41,8 @@ class Harmonizer:
         check_batch_size(self.mesh, batch_size)
         self.params = replicate(self.mesh, params)
         self.compilations = 0
+        self.calibrator = (Calibrator(model, params, settings.calibration, devices)
+                           if settings.init == "calibrated" else None)
         solve = partial(solver_fn(settings), model, settings)
 
         def run(params, weights, sources, brains, inits):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bh_jax.baselines import histogram_match, spectrum_swap
+from bh_jax.harmonize.calibration import Calibrator, IntensityCurve
 from bh_jax.harmonize.engine import Harmonizer
 from bh_jax.harmonize.objective import Weights
 from bh_jax.preprocess import PreparedVolume
@@ -26,15 +27,25 @@ class HarmonizedVolume:
     prepared: PreparedVolume
     slices: np.ndarray  # [N, H, W] in [0, 1]
     diagnostics: dict[str, np.ndarray]  # name -> [N]
+    curve: IntensityCurve | None = None  # init 'calibrated': the volume's intensity curve
 
 
-def initial_images(prepared: PreparedVolume, reference: TargetReference, init: str) -> np.ndarray:
-    """x_init [N, H, W] for the solver: 'hm', 'template' or 'source'."""
+def initial_images(prepared: PreparedVolume, reference: TargetReference, init: str,
+                   calibrator: Calibrator | None = None
+                   ) -> tuple[np.ndarray, IntensityCurve | None]:
+    """(x_init [N, H, W], intensity curve or None) for the solver: 'calibrated'
+    (needs `calibrator`), 'hm', 'template' or 'source'."""
+    slices, masks = prepared.slices, prepared.slice_masks
+    if init == "calibrated":
+        if calibrator is None:
+            raise ValueError("init 'calibrated' needs a Calibrator")
+        curve, _ = calibrator.curve(slices, masks, reference)
+        return curve(slices, masks), curve
     if init == "hm":
-        return histogram_match(prepared.slices, prepared.slice_masks, reference)
+        return histogram_match(slices, masks, reference), None
     if init == "template":
-        return np.broadcast_to(reference.mean_slice, prepared.slices.shape) * prepared.slice_masks
-    return prepared.slices
+        return np.broadcast_to(reference.mean_slice, slices.shape) * masks, None
+    return slices, None
 
 
 def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
@@ -55,14 +66,23 @@ def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
     init = harmonizer.settings.init
     sources = np.concatenate([p.slices for p in prepared])
     brains = np.concatenate([p.slice_masks for p in prepared])
-    inits = np.concatenate([initial_images(p, reference, init) for p in prepared])
+    starts = []
+    for i, p in enumerate(prepared):
+        if harmonizer.calibrator is not None and hasattr(progress, "set_postfix_str"):
+            # Curve fits come before the first batch: say so rather than sit at 0 %.
+            progress.set_postfix_str(f"intensity curve {i + 1}/{len(prepared)}")
+        starts.append(initial_images(p, reference, init, harmonizer.calibrator))
+    if harmonizer.calibrator is not None and hasattr(progress, "set_postfix_str"):
+        progress.set_postfix_str("")
+    inits = np.concatenate([x_init for x_init, _ in starts])
     on_batch = progress.update if progress is not None else None
     slices, diagnostics = harmonizer.harmonize_slices(sources, brains, inits, on_batch, weights)
     results, start = [], 0
-    for p in prepared:
+    for p, (_, curve) in zip(prepared, starts):
         stop = start + len(p.slices)
         results.append(HarmonizedVolume(p, slices[start:stop],
-                                        {k: v[start:stop] for k, v in diagnostics.items()}))
+                                        {k: v[start:stop] for k, v in diagnostics.items()},
+                                        curve))
         start = stop
     return results
 

@@ -158,6 +158,7 @@ def write_result(job: Job, result: HarmonizedVolume, method: VolumeMethod, outpu
         "checkpoint": method.identity, "mask": mask_source, "output_scale": output_scale,
         "intensity_high": prepared.scale.high, "slice_indices": prepared.slice_indices,
         "timings": timings,
+        "intensity_curve": result.curve.as_dict() if result.curve is not None else None,
         "diagnostics": {k: np.asarray(v).tolist() for k, v in result.diagnostics.items()},
     })
 

@@ -14,6 +14,9 @@ over slices by `bh_jax.harmonize.engine`, with their whole loop in one
   prior term instead of |z|^2 / D; the iterate with the lowest objective is kept.
   On the built-in data's validation subjects it is the only solver above HM on
   the scanner sites (README, "Choosing the solver settings").
+* `curve`: no per-slice optimisation: x_init itself, by default the source
+  through its volume's maximum-likelihood intensity curve
+  (`bh_jax.harmonize.calibration`); diagnostics as the others (prior |z|^2).
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import jax.numpy as jnp
 import optax
 
 from bh_jax.flows.model import FlowModel
+from bh_jax.harmonize.calibration import CalibrationConfig
 from bh_jax.harmonize.objective import (Weights, latent_prior, non_edge_mask, objective_terms,
                                         weighted_loss)
 
-SOLVERS = ("latent", "alternating", "image")
+SOLVERS = ("latent", "alternating", "image", "curve")
+INITS = ("calibrated", "hm", "template", "source")
 
 
 @dataclass(frozen=True)
@@ -36,8 +41,9 @@ class SolverConfig:
     """How to harmonize.
 
     Attributes:
-      solver: 'latent', 'alternating' or 'image'.
-      steps: optimiser steps (latent, image) or iterations (alternating).
+      solver: 'latent', 'alternating', 'image' or 'curve'.
+      steps: optimiser steps (latent, image) or iterations (alternating);
+        unused by 'curve'.
       learning_rate: Adam's peak step on z (latent) or on x (image), or the
         image step (alternating).
       schedule: 'constant' or 'cosine' (decay to 0 over `steps`); latent and image.
@@ -46,8 +52,11 @@ class SolverConfig:
         iteration, as in the published code.
       percentile: non-edge mask threshold (percentile of in-brain gradients).
       gradient: 'sobel' or 'diff'.
-      init: x_init: 'hm' (the source histogram-matched to the target), 'template'
-        (the target's mean slice) or 'source'.
+      init: x_init: 'calibrated' (the source through its volume's
+        maximum-likelihood intensity curve, `bh_jax.harmonize.calibration`),
+        'hm' (the source histogram-matched to the target), 'template' (the
+        target's mean slice) or 'source'.
+      calibration: how the 'calibrated' curve is fitted.
     """
 
     solver: str = "latent"
@@ -58,12 +67,13 @@ class SolverConfig:
     percentile: float = 30.0
     gradient: str = "sobel"
     init: str = "hm"
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-        if self.init not in ("hm", "template", "source"):
-            raise ValueError(f"init must be 'hm', 'template' or 'source', got {self.init!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.steps < 1:
@@ -195,6 +205,21 @@ def solve_alternating(model: FlowModel, cfg: SolverConfig, params: dict, weights
     return x_h, diagnostics
 
 
+def solve_curve(model: FlowModel, cfg: SolverConfig, params: dict, weights: Weights,
+                source: jnp.ndarray, brain: jnp.ndarray, x_init: jnp.ndarray
+                ) -> tuple[jnp.ndarray, dict]:
+    """x_init as the result for one slice [H, W] (the volume's intensity curve did
+    the work); returns (x_h, diagnostics) with start = end."""
+    non_edge = non_edge_mask(source, brain, cfg.percentile, cfg.gradient)
+    x_h = jnp.clip(x_init, 0.0, 1.0) * brain
+    prior = latent_prior(_latent(model, params, x_h))
+    ok = jnp.all(jnp.isfinite(prior))
+    diagnostics = _diagnostics(model, params, cfg, weights, source, brain, non_edge, x_h,
+                               prior, x_h, prior)
+    diagnostics["failed"] = ~ok
+    return x_h, diagnostics
+
+
 def solver_fn(cfg: SolverConfig):
     return {"latent": solve_latent, "alternating": solve_alternating,
-            "image": solve_image}[cfg.solver]
+            "image": solve_image, "curve": solve_curve}[cfg.solver]

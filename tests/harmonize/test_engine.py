@@ -4,21 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from bh_jax.checkpoint import load_flow
 from bh_jax.harmonize import Harmonizer, SolverConfig, Weights, harmonize_volumes
-from bh_jax.input_pipeline import prepare_entry
-
-
-@pytest.fixture(scope="module")
-def flow(trained):
-    return load_flow(trained[0])
-
-
-@pytest.fixture(scope="module")
-def volumes(tiny_phantom, flow):
-    _, manifest = tiny_phantom
-    entries = [e for e in manifest["images"] if e["split"] == "test" and e["site"] == "exp"]
-    return [prepare_entry(e, flow.config.data) for e in entries]
 
 
 def test_second_subject_does_not_recompile(flow, volumes):

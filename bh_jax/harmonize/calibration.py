@@ -1,0 +1,193 @@
+"""Intensity calibration: the source volume's intensity curve by maximum likelihood.
+
+BlindHarmony's NCC term cannot tell an image from any a * x + b of it, so the
+prior alone must choose the intensities. Its prior terms (|z|^2, -log p(x))
+are mode-seeking: a flatter image is a likelier one, and on the target's own
+validation images both keep falling as the contrast is lowered below the
+acquired one (`python -m bh_jax.bench prior`). The principled score for "which
+intensity map T turns this scanner's image into a target image" is the density
+of the *source* under the flow pushed through T^-1 (change of variables):
+
+    log p_source(x_s) = log p(T(x_s)) + sum_i log T'(x_s,i)     (brain voxels i)
+
+The log-det term rewards contrast exactly as much as the density of a
+stretched image falls, and on the target's validation images this score peaks
+at their own contrast (bench prior, column `bpd_cov`).
+
+`Calibrator` fits one monotone piecewise-linear T per volume (knots at the
+source's in-brain quantiles, values increasing by construction, starting at the
+histogram-matching curve) by Adam on that log-likelihood over a fixed pool of
+the volume's slices, the whole fit one `lax.scan` in one compiled program for
+a whole run. The calibrated source starts the solver (`SolverConfig.init =
+'calibrated'`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bh_jax.flows.model import FlowModel
+from bh_jax.reference import TargetReference
+from bh_jax.sharding import check_batch_size, data_mesh, replicate, shard_batch
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How to fit a volume's intensity curve.
+
+    Attributes:
+      segments: linear pieces of the monotone curve (1 = an affine map).
+      steps: Adam steps.
+      learning_rate: Adam's step on the curve's parameters.
+      pool: slices of each volume the curve is fitted on (evenly spaced among
+        those with at least half the largest brain area; a fixed number, so
+        one compiled program serves volumes of any length).
+    """
+
+    segments: int = 4
+    steps: int = 60
+    learning_rate: float = 0.05
+    pool: int = 8
+
+    def __post_init__(self):
+        for name in ("segments", "steps", "pool"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"calibration {name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class IntensityCurve:
+    """A monotone piecewise-linear map: `knots` (source intensities) -> `values`."""
+
+    knots: np.ndarray  # [segments + 1], increasing
+    values: np.ndarray  # [segments + 1], increasing
+    fitted: bool = True  # False: the fit gave NaN/Inf and this is its starting curve
+
+    def __call__(self, slices: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """The mapped in-mask intensities, clipped to [0, 1]; zero background."""
+        mapped = np.interp(slices, self.knots, self.values)
+        return np.where(masks, np.clip(mapped, 0.0, 1.0), 0.0).astype(np.float32)
+
+    def as_dict(self) -> dict[str, list[float]]:
+        return {"source": self.knots.tolist(), "target": self.values.tolist(),
+                "fitted": self.fitted}
+
+
+def curve_values(theta: jnp.ndarray) -> jnp.ndarray:
+    """Knot values [S + 1] from parameters [S + 1]: the first value, then softplus
+    increments (so the curve is strictly increasing whatever the parameters)."""
+    steps = jax.nn.softplus(theta[1:])
+    return theta[0] + jnp.concatenate([jnp.zeros(1, theta.dtype), jnp.cumsum(steps)])
+
+
+def curve_parameters(values: np.ndarray, min_step: float = 1e-4) -> np.ndarray:
+    """Inverse of `curve_values` (steps below `min_step` raised to it)."""
+    steps = np.maximum(np.diff(values), min_step)
+    return np.concatenate([values[:1], np.log(np.expm1(steps))]).astype(np.float32)
+
+
+def source_knots(slices: np.ndarray, masks: np.ndarray, segments: int) -> np.ndarray:
+    """Knots at the in-mask quantiles of a volume, strictly increasing.
+
+    Raises ValueError for an empty mask or a constant volume (no curve to fit).
+    """
+    values = np.asarray(slices)[np.asarray(masks, bool)]
+    if values.size == 0:
+        raise ValueError("cannot calibrate intensities: the brain mask is empty")
+    knots = np.quantile(values, np.linspace(0.0, 1.0, segments + 1))
+    if knots[-1] - knots[0] <= 1e-6:
+        raise ValueError("cannot calibrate intensities: the brain is constant")
+    # Repeated quantiles (many equal voxels) would give zero-width segments.
+    return np.maximum.accumulate(np.maximum(knots, knots[0] + 1e-6 * np.arange(segments + 1)))
+
+
+def pool_slices(masks: np.ndarray, size: int) -> np.ndarray:
+    """`size` slice indices, evenly spaced among the slices with at least half the
+    largest brain area (edge slices hold little brain and little evidence)."""
+    area = np.asarray(masks, bool).sum(axis=(-2, -1))
+    candidates = np.flatnonzero(area >= 0.5 * area.max())
+    return candidates[np.linspace(0, len(candidates) - 1, size).round().astype(int)]
+
+
+def negative_log_likelihood(model: FlowModel, params: dict, theta: jnp.ndarray,
+                            sources: jnp.ndarray, brains: jnp.ndarray,
+                            knots: jnp.ndarray) -> jnp.ndarray:
+    """-log p_source(x_s) of [P, H, W] slices under the curve `theta`, in bits/dim.
+
+    The flow's density of the mapped slices plus the curve's log-det (the sum
+    of log slopes over brain voxels); the background stays zero.
+    """
+    values = curve_values(theta)
+    slopes = (values[1:] - values[:-1]) / (knots[1:] - knots[:-1])
+    segment = jnp.clip(jnp.searchsorted(knots, sources, side="right") - 1, 0, len(slopes) - 1)
+    mapped = jnp.where(brains, values[segment] + slopes[segment] * (sources - knots[segment]),
+                       0.0)
+    log_det = jnp.sum(jnp.where(brains, jnp.log(slopes[segment]), 0.0), axis=(-2, -1))
+    nll = -model.log_prob(params, mapped[..., None]) - log_det
+    return jnp.mean(nll) / (model.latent_size * math.log(2.0))
+
+
+class Calibrator:
+    """A trained flow's intensity calibration, compiled once for [pool, H, W] slices.
+
+    Attributes:
+      compilations: how many times the fit was traced (1 for a whole run).
+    """
+
+    def __init__(self, model: FlowModel, params: dict, config: CalibrationConfig,
+                 devices=None):
+        self.model = model
+        self.config = config
+        self.mesh = data_mesh(devices)
+        check_batch_size(self.mesh, config.pool)
+        self.params = replicate(self.mesh, params)
+        self.compilations = 0
+        optimizer = optax.adam(config.learning_rate)
+
+        def fit(params, theta, sources, brains, knots):
+            self.compilations += 1  # runs only while tracing
+            loss = jax.value_and_grad(
+                lambda t: negative_log_likelihood(model, params, t, sources, brains, knots))
+
+            def step(carry, _):
+                theta, state = carry
+                value, grads = loss(theta)
+                updates, state = optimizer.update(grads, state, theta)
+                return (optax.apply_updates(theta, updates), state), value
+
+            (theta, _), history = jax.lax.scan(step, (theta, optimizer.init(theta)), None,
+                                               length=config.steps)
+            return theta, history
+
+        self._fit = jax.jit(fit)
+
+    def curve(self, slices: np.ndarray, masks: np.ndarray,
+              reference: TargetReference) -> tuple[IntensityCurve, np.ndarray]:
+        """The maximum-likelihood curve of one volume's [N, H, W] slices.
+
+        Starts from the histogram-matching curve (the target's quantiles at the
+        knots' levels); if the fit produces NaN/Inf, returns that starting curve
+        with `fitted=False`. Returns (curve, loss per step in bits/dim).
+        """
+        masks = np.asarray(masks, bool)
+        segments = self.config.segments
+        knots = source_knots(slices, masks, segments)
+        levels = np.linspace(0.0, 1.0, len(reference.quantiles))
+        start = np.interp(np.linspace(0.0, 1.0, segments + 1), levels, reference.quantiles)
+        pool = pool_slices(masks, self.config.pool)
+        theta, history = self._fit(
+            self.params, replicate(self.mesh, jnp.asarray(curve_parameters(start))),
+            shard_batch(self.mesh, np.asarray(slices, np.float32)[pool]),
+            shard_batch(self.mesh, masks[pool]),
+            replicate(self.mesh, jnp.asarray(knots, jnp.float32)))
+        history = np.asarray(history)
+        values = np.asarray(curve_values(theta), np.float64)
+        if not (np.all(np.isfinite(values)) and np.all(np.isfinite(history))):
+            return IntensityCurve(knots, start, fitted=False), history
+        return IntensityCurve(knots, values), history

@@ -1,0 +1,18 @@
+"""Fixtures of the harmonization tests: the tiny trained flow and its test volumes."""
+
+import pytest
+
+from bh_jax.checkpoint import load_flow
+from bh_jax.input_pipeline import prepare_entry
+
+
+@pytest.fixture(scope="module")
+def flow(trained):
+    return load_flow(trained[0])
+
+
+@pytest.fixture(scope="module")
+def volumes(tiny_phantom, flow):
+    _, manifest = tiny_phantom
+    entries = [e for e in manifest["images"] if e["split"] == "test" and e["site"] == "exp"]
+    return [prepare_entry(e, flow.config.data) for e in entries]

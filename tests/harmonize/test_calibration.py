@@ -1,0 +1,134 @@
+"""Intensity calibration: the change-of-variables likelihood, the curve fit, one compile."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bh_jax.harmonize import Harmonizer, SolverConfig, harmonize_volumes
+from bh_jax.harmonize.calibration import (CalibrationConfig, Calibrator, IntensityCurve,
+                                          curve_parameters, curve_values,
+                                          negative_log_likelihood, source_knots)
+
+
+def test_curve_parameters_round_trip_and_increase():
+    values = np.array([0.1, 0.2, 0.5, 0.55, 0.9])
+    np.testing.assert_allclose(curve_values(jnp.asarray(curve_parameters(values))), values,
+                               atol=1e-6)
+    theta = jnp.asarray(np.random.default_rng(0).normal(size=6) * 5, jnp.float32)
+    assert np.all(np.diff(np.asarray(curve_values(theta))) > 0)
+
+
+def test_curve_maps_knots_to_values_and_keeps_background_zero():
+    curve = IntensityCurve(np.array([0.2, 0.4, 0.8]), np.array([0.1, 0.5, 0.7]))
+    x = np.array([[0.2, 0.3, 0.6], [0.8, 0.5, 0.0]], np.float32)
+    mask = np.array([[True, True, True], [True, True, False]])
+    np.testing.assert_allclose(curve(x, mask), [[0.1, 0.3, 0.6], [0.7, 0.55, 0.0]], atol=1e-6)
+
+
+def test_knots_reject_empty_and_constant_brains():
+    with pytest.raises(ValueError, match="mask is empty"):
+        source_knots(np.ones((2, 4, 4)), np.zeros((2, 4, 4), bool), 4)
+    with pytest.raises(ValueError, match="constant"):
+        source_knots(np.full((2, 4, 4), 0.3), np.ones((2, 4, 4), bool), 4)
+    # Many equal voxels: repeated quantiles are pulled apart, never zero-width.
+    x = np.concatenate([np.full(90, 0.5), np.linspace(0.6, 0.9, 10)]).reshape(1, 10, 10)
+    assert np.all(np.diff(source_knots(x, np.ones_like(x, bool), 4)) > 0)
+
+
+def test_log_likelihood_includes_the_curves_log_det(flow):
+    """The score equals -log p(T(x)) - log|det dT/dx| with the Jacobian from jax.jacfwd."""
+    model, params = flow.model, flow.params
+    rng = np.random.default_rng(1)
+    sources = rng.uniform(0.1, 0.9, (2, model.height, model.width)).astype(np.float32)
+    brains = np.zeros_like(sources, bool)
+    brains[:, 8:24, 10:22] = True
+    knots = jnp.asarray(source_knots(sources, brains, 3), jnp.float32)
+    theta = jnp.asarray(curve_parameters(np.array([0.05, 0.3, 0.45, 0.95])))
+    values = curve_values(theta)
+
+    def mapped_brain(v):  # the brain voxels through the curve (an independent piecewise map)
+        return jnp.interp(v, knots, values)
+
+    expected = []
+    for s, b in zip(sources, brains):
+        inside = jnp.asarray(s[b])
+        _, log_det = jnp.linalg.slogdet(jax.jacfwd(mapped_brain)(inside))
+        image = jnp.zeros_like(jnp.asarray(s)).at[b].set(mapped_brain(inside))
+        log_p = model.log_prob(params, image[None, ..., None])[0]
+        expected.append(-(log_p + log_det) / (model.latent_size * math.log(2.0)))
+    got = negative_log_likelihood(model, params, theta, jnp.asarray(sources),
+                                  jnp.asarray(brains), knots)
+    np.testing.assert_allclose(got, np.mean(expected), rtol=1e-5)
+
+
+def test_flattening_is_penalised_by_the_log_det(flow, volumes):
+    """Without the log-det a flatter image scores better; with it, the score rises."""
+    model, params = flow.model, flow.params
+    volume = volumes[0]
+    sources, brains = jnp.asarray(volume.slices), jnp.asarray(volume.slice_masks)
+    knots = jnp.asarray(source_knots(volume.slices, volume.slice_masks, 1), jnp.float32)
+    mid = float(np.mean(volume.slices[volume.slice_masks]))
+
+    def score(scale):  # an affine curve through (mid, mid) with slope `scale`
+        values = mid + scale * (np.asarray(knots) - mid)
+        return float(negative_log_likelihood(model, params, jnp.asarray(curve_parameters(values)),
+                                             sources, brains, knots))
+
+    assert score(1e-3) > score(1.0) + 1.0  # log2(1000) bits per brain voxel, diluted
+
+
+def test_calibrator_lowers_the_loss_and_compiles_once(flow, volumes):
+    calibrator = Calibrator(flow.model, flow.params, CalibrationConfig(steps=15, pool=4),
+                            devices=jax.devices()[:1])
+    for volume in volumes[:2]:
+        curve, history = calibrator.curve(volume.slices, volume.slice_masks, flow.reference)
+        assert curve.fitted and history.shape == (15,)
+        assert history[-1] < history[0]
+        assert np.all(np.diff(curve.values) > 0)
+        out = curve(volume.slices, volume.slice_masks)
+        assert out.shape == volume.slices.shape and not out[~volume.slice_masks].any()
+    assert calibrator.compilations == 1, "a second volume recompiled the fit"
+
+
+def test_curve_solver_returns_the_calibrated_volume(flow, volumes):
+    settings = SolverConfig(solver="curve", init="calibrated",
+                            calibration=CalibrationConfig(steps=5, pool=8))
+    curves = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=8, devices=devices)
+        results = harmonize_volumes(harmonizer, volumes[:2], flow.reference)
+        assert harmonizer.calibrator.compilations == 1
+        for result, volume in zip(results, volumes):
+            assert result.curve is not None and result.curve.fitted
+            np.testing.assert_allclose(result.slices,
+                                       result.curve(volume.slices, volume.slice_masks), atol=1e-6)
+            d = result.diagnostics
+            np.testing.assert_allclose(d["loss_end"], d["loss_start"])
+            # A monotone map keeps most of the correlation with the source.
+            assert np.median(d["ncc_end"]) > 0.9 and not d["failed"].any()
+        curves.append(results[0].curve.values)
+    # The fit sharded over 8 devices equals the 1-device fit.
+    np.testing.assert_allclose(curves[0], curves[1], atol=1e-4)
+
+
+def test_cli_settings_keep_the_calibration_config():
+    import harmonize
+
+    args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
+                                 "--solver", "curve"])
+    settings = harmonize.solver_settings(args)
+    assert settings.init == "calibrated" and isinstance(settings.calibration, CalibrationConfig)
+    args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
+                                 "--init", "calibrated", "--steps", "3"])
+    settings = harmonize.solver_settings(args)
+    assert (settings.solver, settings.init, settings.steps) == ("latent", "calibrated", 3)
+
+
+def test_calibration_config_is_checked():
+    with pytest.raises(ValueError, match="segments"):
+        CalibrationConfig(segments=0)
+    with pytest.raises(ValueError, match="init must be one of"):
+        SolverConfig(init="median")
