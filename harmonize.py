@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 CHUNK_SUBJECTS = 8  # subjects whose slices are packed into the same batches
@@ -102,8 +102,8 @@ def solver_settings(args: argparse.Namespace):
     base = default_settings(args.solver)
     weights = Weights(**{k: v if getattr(args, k) is None else getattr(args, k)
                          for k, v in asdict(base.weights).items()})
-    overrides = {"steps": args.steps, "learning_rate": args.learning_rate, "init": args.init}
-    return replace(base, weights=weights, **{k: v for k, v in overrides.items() if v is not None})
+    return default_settings(args.solver, weights=weights, steps=args.steps,
+                            learning_rate=args.learning_rate, init=args.init)
 
 
 def main(argv: list[str] | None = None) -> int:

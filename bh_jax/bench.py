@@ -142,7 +142,7 @@ def quality(checkpoint: str, data_dir: str | None, out: str, batch: int, quick: 
     from bh_jax.tables import QUICK, reproduce_tables
 
     flow, manifest = _evaluation(checkpoint, data_dir)
-    settings = replace(default_settings(solver), init=init or default_settings(solver).init)
+    settings = default_settings(solver, init=init)
     if quick:
         settings = replace(settings, steps=QUICK["solver_steps"])
         baseline_steps = QUICK["baseline_steps"]
@@ -187,15 +187,15 @@ def sweep(checkpoint: str, data_dir: str | None, batch: int, b2s, alphas, lrs, s
     flow, manifest = _evaluation(checkpoint, data_dir)
     rows = []
     for lr, n in itertools.product(lrs, steps):
-        settings = replace(default_settings(solver), learning_rate=lr, steps=n,
-                           init=init or default_settings(solver).init)
+        settings = default_settings(solver, learning_rate=lr, steps=n, init=init)
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch)
         for b2, alpha in itertools.product(b2s, alphas):
             out = _validation_scores(flow, manifest, harmonizer, Weights(1.0, b2, alpha),
                                      slice_stride)
             bh = [out[s]["BlindHarmony"]["psnr"] for s in out]
             hm = [out[s]["HM"]["psnr"] for s in out]
-            row = {"solver": solver, "init": settings.init, "b2": b2, "alpha": alpha, "learning_rate": lr, "steps": n,
+            row = {"solver": solver, "init": settings.init, "b2": b2, "alpha": alpha,
+                   "learning_rate": lr, "steps": n,
                    "mean_psnr": float(np.mean(bh)),
                    "mean_gain_over_hm": float(np.mean(bh) - np.mean(hm)),
                    **{f"{s}_psnr": out[s]["BlindHarmony"]["psnr"] for s in out}}

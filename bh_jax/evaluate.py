@@ -22,6 +22,7 @@ import numpy as np
 
 from bh_jax import metrics
 from bh_jax.config import DataConfig
+from bh_jax.data.phantom import select
 from bh_jax.harmonize.pipeline import HarmonizedVolume, classical
 from bh_jax.io import new_figure, save_figure
 from bh_jax.input_pipeline import (SliceSet, fixed_batches, prepare_entry, target_volumes,
@@ -215,7 +216,7 @@ def prior_check(flow: "LoadedFlow", manifest: dict, sites: Iterable[str], split:
     truths: dict[str, tuple[PreparedVolume, dict[str, np.ndarray]]] = {}
     results = {}
     for site in sites:
-        entries = [e for e in manifest["images"] if e["split"] == split and e["site"] == site]
+        entries = select(manifest, split, site)
         if not entries:
             continue
         kinds: dict[str, list[dict]] = {"Truth": [], "HM": [], "Source": [], "Affine": []}

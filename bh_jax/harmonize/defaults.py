@@ -24,8 +24,9 @@ of an earlier version, lr 0.1, 30 steps on 4 slices, or 8 segments were worse
 (README, "Intensity calibration").
 """
 
-
 from __future__ import annotations
+
+from dataclasses import replace
 
 from bh_jax.harmonize.objective import Weights
 from bh_jax.harmonize.solvers import SolverConfig
@@ -44,8 +45,10 @@ DEFAULTS = {
 }
 
 
-def default_settings(solver: str = "latent") -> SolverConfig:
+def default_settings(solver: str = "latent", **overrides) -> SolverConfig:
+    """`solver`'s defaults with `overrides` (SolverConfig fields; None keeps the default)."""
     try:
-        return DEFAULTS[solver]
+        base = DEFAULTS[solver]
     except KeyError:
         raise ValueError(f"solver must be one of {sorted(DEFAULTS)}, got {solver!r}") from None
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})

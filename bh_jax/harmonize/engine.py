@@ -41,7 +41,7 @@ class Harmonizer:
         check_batch_size(self.mesh, batch_size)
         self.params = replicate(self.mesh, params)
         self.compilations = 0
-        self.calibrator = (Calibrator(model, params, settings.calibration, devices)
+        self.calibrator = (Calibrator(model, self.params, settings.calibration, devices)
                            if settings.init == "calibrated" else None)
         solve = partial(solver_fn(settings), model, settings)
 

@@ -66,13 +66,14 @@ def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
     init = harmonizer.settings.init
     sources = np.concatenate([p.slices for p in prepared])
     brains = np.concatenate([p.slice_masks for p in prepared])
+    # Curve fits come before the first batch: say so rather than sit at 0 %.
+    report = harmonizer.calibrator is not None and hasattr(progress, "set_postfix_str")
     starts = []
     for i, p in enumerate(prepared):
-        if harmonizer.calibrator is not None and hasattr(progress, "set_postfix_str"):
-            # Curve fits come before the first batch: say so rather than sit at 0 %.
+        if report:
             progress.set_postfix_str(f"intensity curve {i + 1}/{len(prepared)}")
         starts.append(initial_images(p, reference, init, harmonizer.calibrator))
-    if harmonizer.calibrator is not None and hasattr(progress, "set_postfix_str"):
+    if report:
         progress.set_postfix_str("")
     inits = np.concatenate([x_init for x_init, _ in starts])
     on_batch = progress.update if progress is not None else None
