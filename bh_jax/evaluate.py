@@ -21,13 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from bh_jax import metrics
-from bh_jax.config import DataConfig
-from bh_jax.data.phantom import select
+from bh_jax.config import DataConfig, PhantomConfig
+from bh_jax.data.phantom import render_subject, select
 from bh_jax.harmonize.pipeline import HarmonizedVolume, classical
 from bh_jax.io import new_figure, save_figure
 from bh_jax.input_pipeline import (SliceSet, fixed_batches, prepare_entry, target_volumes,
                                    wm_slices)
-from bh_jax.preprocess import PreparedVolume
+from bh_jax.preprocess import IntensityScale, PreparedVolume, window_slices
 from bh_jax.reference import TargetReference
 
 if TYPE_CHECKING:
@@ -64,6 +64,38 @@ def classical_methods(reference: TargetReference) -> dict[str, Method]:
 
     return {"Source": lambda volumes: [p.slices for p in volumes],
             "HM": method("hm"), "SSIMH": method("ssimh")}
+
+
+TYPICAL = "Typical contrast (oracle)"
+
+
+def typical_contrast_method(manifest: dict, config: DataConfig) -> Method:
+    """A reference row for the built-in data set, not a method: each source's
+    subject rendered at the target site with the population's mean tissue
+    constants (`phantom.make_anatomy(typical=True)`: the subject's own anatomy,
+    texture and noise).
+
+    A blind method sees a subject only through an unknown monotone intensity
+    map, and such a map can turn one set of tissue intensities into any other:
+    the subject's own tissue constants are out of its reach, and its natural
+    aim is this image. Not a bound: a method can land closer to the truth on a
+    subject whose constants happen to suit it.
+    """
+    cfg = PhantomConfig(**manifest["config"])
+    index = {s["subject"]: i for i, s in enumerate(manifest["subjects"])}
+    subject_of = {str(Path(e["path"])): e["subject"] for e in manifest["images"]}
+    target = manifest["target_site"]
+    rendered: dict[str, np.ndarray] = {}  # subject -> raw target image
+
+    def typical(prepared: PreparedVolume) -> np.ndarray:
+        subject = subject_of[str(Path(prepared.volume.path))]
+        if subject not in rendered:
+            rendered[subject] = render_subject(cfg, index[subject], typical=True)[1][target]
+        image = prepared.volume.to_canonical(rendered[subject])
+        unit = IntensityScale.fit(image, prepared.mask, config.high_percentile).normalize(image)
+        return window_slices(prepared, unit) * prepared.slice_masks
+
+    return lambda volumes: [typical(p) for p in volumes]
 
 
 def every_nth_slice(prepared: PreparedVolume, stride: int) -> PreparedVolume:

@@ -100,3 +100,26 @@ def test_contrast_check_scores_the_scaled_slices(trained, tiny_phantom):
     best = min(metrics["contrast_check"], key=lambda r: r["bpd"])["contrast"]
     assert f"at {best:g}x their own contrast by bits/dim" in preferred_contrast(
         metrics["contrast_check"])
+
+
+def test_typical_contrast_reference_is_the_typical_subject_prepared_like_the_truth(
+        tiny_config, tiny_phantom, tmp_path):
+    import nibabel as nib
+
+    from bh_jax.data import phantom
+    from bh_jax.evaluate import typical_contrast_method
+
+    folder, manifest = tiny_phantom
+    entries = [e for e in phantom.select(manifest, "test") if e["site"] in ("exp", "siteB")]
+    sources = [prepare_entry(e, tiny_config.data) for e in entries]
+    outputs = typical_contrast_method(manifest, tiny_config.data)(sources)
+    index = [s["subject"] for s in manifest["subjects"]].index(entries[0]["subject"])
+    _, images = phantom.render_subject(tiny_config.phantom, index, typical=True)
+    path = tmp_path / "typical.nii.gz"  # through the file reader, as the truth is read
+    nib.save(nib.Nifti1Image(images["target"], nib.load(entries[0]["path"]).affine), path)
+    expected = prepare_entry({**entries[0], "path": str(path)}, tiny_config.data).slices
+    np.testing.assert_allclose(outputs[0], expected, atol=1e-6)
+    for entry, source, output in zip(entries, sources, outputs):
+        assert output.shape == source.slices.shape and not output[~source.slice_masks].any()
+        truth = prepare_entry(entry, tiny_config.data, key="truth").slices
+        assert 0 < np.abs(output - truth).max() < 0.5  # the contrast differs, not the anatomy

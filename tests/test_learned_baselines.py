@@ -72,6 +72,7 @@ def test_unknown_source_site(tiny_phantom, tiny_config):
 
 def test_quality_quick_end_to_end(trained, tiny_phantom, baselines, tmp_path):
     from bh_jax.bench import quality
+    from bh_jax.evaluate import TYPICAL
     from bh_jax.tables import SCANNERS, SHIFTS
 
     folder, _ = tiny_phantom
@@ -79,7 +80,7 @@ def test_quality_quick_end_to_end(trained, tiny_phantom, baselines, tmp_path):
     result = quality(str(trained[0]), str(folder), str(tmp_path), batch=8, quick=True,
                      solver="image", **{kind: str(baselines[kind][0]) for kind in baselines})
     assert result["settings"].startswith("SolverConfig(solver='image'")
-    rows = ["Source", "BlindHarmony", "HM", "SSIMH", "CycleGAN (exp)", "U-net (exp)"]
+    rows = ["Source", "BlindHarmony", "HM", "SSIMH", "CycleGAN (exp)", "U-net (exp)", TYPICAL]
     assert set(result["results"]) == set(SHIFTS + SCANNERS)
     for site, scores in result["results"].items():
         assert list(scores) == rows, site

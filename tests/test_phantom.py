@@ -81,3 +81,32 @@ def test_hm_leaves_background_and_ssimh_keeps_shape(tiny_phantom, tiny_config):
                                          reference.quantiles), atol=0.02)
     swapped = spectrum_swap(x, mask, reference)
     assert swapped.shape == x.shape and not swapped[~mask].any()
+
+
+def test_typical_subject_keeps_anatomy_and_draws_but_not_tissue_constants(tiny_config):
+    cfg = tiny_config.phantom
+    own, images = phantom.render_subject(cfg, 1)
+    typical, typical_images = phantom.render_subject(cfg, 1, typical=True)
+    for tissue in ("gm", "wm", "csf", "mask"):
+        np.testing.assert_array_equal(getattr(own, tissue), getattr(typical, tissue))
+    assert set(typical.pd_factor.values()) == {1.0}  # the mean of U(0.92, 1.08)
+    assert set(own.pd_factor.values()) != {1.0}
+    for tissue, field in typical.t1_factor.items():
+        # The same texture about a different constant: the ratio is constant.
+        ratio = own.t1_factor[tissue] / field
+        np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-5)
+    mask = own.mask
+    own_target, typical_target = images["target"][mask], typical_images["target"][mask]
+    assert not np.allclose(own_target, typical_target, rtol=1e-3)
+    assert np.corrcoef(own_target, typical_target)[0, 1] > 0.9
+
+
+def test_render_subject_is_what_generate_writes(tmp_path, tiny_config):
+    cfg = tiny_config.phantom.__class__(voxel_mm=8.0, n_train=1, n_val=0, n_test=1, seed=3)
+    manifest = phantom.generate(tmp_path, cfg, progress=False)
+    _, images = phantom.render_subject(cfg, 1)
+    for entry in phantom.select(manifest, site="exp") + phantom.select(manifest, site="siteB"):
+        if entry["subject"] == "sub-001":
+            written = nib.load(str(tmp_path / entry["path"])).get_fdata()
+            np.testing.assert_allclose(written, images[entry["site"]],
+                                       atol=float(np.abs(images[entry["site"]]).max()) / 3e4)

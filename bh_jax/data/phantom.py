@@ -151,8 +151,13 @@ class Anatomy:
     pd_factor: dict[str, float]
 
 
-def make_anatomy(rng: np.random.Generator, voxel_mm: float) -> Anatomy:
-    """A random subject: deformation, scaling, atrophy and tissue variation."""
+def make_anatomy(rng: np.random.Generator, voxel_mm: float, typical: bool = False) -> Anatomy:
+    """A random subject: deformation, scaling, atrophy and tissue variation.
+
+    With `typical`, the subject's tissue constants (one T1 and one PD factor
+    per tissue) are replaced by their population means; every random number
+    is still drawn, so the anatomy, texture and later noise stay the subject's.
+    """
     gm_t, wm_t, brain_t, _ = _smoothed_template(voxel_mm)
     shape, _ = grid(voxel_mm)
     centre = (np.array(gm_t.shape) - 1) / 2.0
@@ -179,9 +184,14 @@ def make_anatomy(rng: np.random.Generator, voxel_mm: float) -> Anatomy:
     wm = wm * (1.0 - 0.5 * atrophy * near_csf)
     csf = np.clip(mask - gm - wm, 0.0, 1.0)
     texture_sigma = 6.0 / voxel_mm
-    t1_factor = {t: rng.uniform(0.88, 1.12) * (1.0 + 0.03 * _smooth_field(rng, shape, texture_sigma))
+
+    def constant(low: float, high: float) -> float:
+        drawn = float(rng.uniform(low, high))
+        return (low + high) / 2.0 if typical else drawn
+
+    t1_factor = {t: constant(0.88, 1.12) * (1.0 + 0.03 * _smooth_field(rng, shape, texture_sigma))
                  for t in TISSUES}
-    pd_factor = {t: float(rng.uniform(0.92, 1.08)) for t in TISSUES}
+    pd_factor = {t: constant(0.92, 1.08) for t in TISSUES}
     return Anatomy(gm=gm.astype(np.float32), wm=wm.astype(np.float32),
                    csf=csf.astype(np.float32), mask=mask, t1_factor=t1_factor,
                    pd_factor=pd_factor)
@@ -249,6 +259,20 @@ def _save(path: Path, data: np.ndarray, affine: np.ndarray, dtype: type) -> None
     nib.save(image, str(path))
 
 
+def render_subject(cfg: PhantomConfig, index: int, typical: bool = False
+                   ) -> tuple[Anatomy, dict[str, np.ndarray]]:
+    """Subject `index` of the data set and its image at every site and shift
+    (`typical`: with the population's tissue constants, see `make_anatomy`)."""
+    rng = np.random.default_rng([cfg.seed, index])
+    anatomy = make_anatomy(rng, cfg.voxel_mm, typical)
+    rendered = {site: render(anatomy, protocol, rng, cfg.voxel_mm)
+                for site, protocol in SITES.items()}
+    target_unit = unit_scale(rendered[TARGET_SITE], anatomy.mask)
+    for shift in SHIFT_SITES:
+        rendered[shift] = apply_shift(target_unit, shift)
+    return anatomy, rendered
+
+
 def generate(out: str | Path, cfg: PhantomConfig, preset: str = "custom",
              progress: bool = True) -> dict:
     """Writes the data set as NIfTI files plus `manifest.json`; returns the manifest.
@@ -265,20 +289,13 @@ def generate(out: str | Path, cfg: PhantomConfig, preset: str = "custom",
     n_subjects = cfg.n_train + cfg.n_val + cfg.n_test
     images, subjects = [], []
     for index in tqdm(range(n_subjects), desc="phantom subjects", disable=not progress):
-        rng = np.random.default_rng([cfg.seed, index])
-        anatomy = make_anatomy(rng, cfg.voxel_mm)
+        anatomy, rendered = render_subject(cfg, index)
         sid, split = f"sub-{index:03d}", _split_of(index, cfg)
         folder = out / sid
         folder.mkdir(exist_ok=True)
         mask_rel, wm_rel = f"{sid}/{sid}_mask.nii.gz", f"{sid}/{sid}_wm.nii.gz"
         _save(out / mask_rel, anatomy.mask.astype(np.uint8), affine, np.uint8)
         _save(out / wm_rel, (anatomy.wm > 0.5).astype(np.uint8), affine, np.uint8)
-        rendered = {}
-        for site, protocol in SITES.items():
-            rendered[site] = render(anatomy, protocol, rng, cfg.voxel_mm)
-        target_unit = unit_scale(rendered[TARGET_SITE], anatomy.mask)
-        for shift in SHIFT_SITES:
-            rendered[shift] = apply_shift(target_unit, shift)
         truth_rel = f"{sid}/{sid}_site-{TARGET_SITE}_T1w.nii.gz"
         for site, image in rendered.items():
             rel = f"{sid}/{sid}_site-{site}_T1w.nii.gz"

@@ -3,6 +3,7 @@
 Builds the built-in data set, harmonizes held-out source subjects with the
 shipped `demo` checkpoint, writes their NIfTI outputs (+ JSON reports) and a
 figure, and returns a PSNR/SSIM table of Source / HM / SSIMH / BlindHarmony
+(and the typical-contrast reference, `evaluate.typical_contrast_method`)
 against the same subjects' target-site images.
 """
 
@@ -12,8 +13,8 @@ import time
 from pathlib import Path
 
 from bh_jax.checkpoint import load_flow
-from bh_jax.evaluate import (as_evaluation, classical_methods, evaluate_methods, format_table,
-                             save_examples_png)
+from bh_jax.evaluate import (TYPICAL, as_evaluation, classical_methods, evaluate_methods,
+                             format_table, save_examples_png, typical_contrast_method)
 from bh_jax.harmonize.pipeline import HarmonizedVolume
 from bh_jax.harmonize.run import Job, VolumeMethod, flow_method, output_path, write_result
 from bh_jax.harmonize.solvers import SolverConfig
@@ -65,6 +66,7 @@ def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
     methods = classical_methods(flow.reference)
     methods["BlindHarmony"] = as_evaluation(blindharmony, progress,
                                             on_results=_writer(blindharmony, output_dir))
+    methods[TYPICAL] = typical_contrast_method(manifest, flow.config.data)
     examples: dict = {}
     results = evaluate_methods(manifest, flow.config.data, methods, sites=DEMO_SITES,
                                subjects=test_subjects[:subjects], examples=examples)

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 
 from bh_jax.harmonize import SolverConfig
+from bh_jax.evaluate import TYPICAL
 from bh_jax.harmonize.demo import DEMO_SITES, run_demo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +21,7 @@ def test_demo_writes_outputs_figure_and_table(trained, tiny_phantom, tmp_path):
     assert set(result["results"]) == set(DEMO_SITES)
     for site in DEMO_SITES:
         scores = result["results"][site]
-        assert list(scores) == ["Source", "HM", "SSIMH", "BlindHarmony"]
+        assert list(scores) == ["Source", "HM", "SSIMH", "BlindHarmony", TYPICAL]
         assert all(np.isfinite(s["psnr"]) and 0 < s["ssim"] <= 1 for s in scores.values())
     assert "| BlindHarmony |" in result["table"]
     assert len(result["outputs"]) == len(DEMO_SITES)
