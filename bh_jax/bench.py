@@ -208,8 +208,9 @@ def prior(checkpoint: str, data_dir: str | None, batch: int, slice_stride: int =
           ) -> dict[str, list[dict]]:
     """The prior on the VALIDATION subjects: truth vs HM vs Source vs the oracle
     affine map (`evaluate.prior_check`), and its preferred contrast
-    (`evaluate.contrast_check`)."""
-    from bh_jax.evaluate import contrast_check, every_nth_slice, prior_check
+    (`evaluate.contrast_check`), and whether the intensity calibration leaves
+    the target's own images alone (`evaluate.calibration_check`)."""
+    from bh_jax.evaluate import calibration_check, contrast_check, every_nth_slice, prior_check
     from bh_jax.input_pipeline import SliceSet, target_volumes
 
     flow, manifest = _evaluation(checkpoint, data_dir)
@@ -224,7 +225,8 @@ def prior(checkpoint: str, data_dir: str | None, batch: int, slice_stride: int =
                                     target_volumes(manifest, flow.config.data, "val")])
     contrast = contrast_check(flow.model, flow.params, target.slices, target.masks,
                               batch_size=batch)
-    return {"sites": sites, "contrast": contrast}
+    return {"sites": sites, "contrast": contrast,
+            "calibration": calibration_check(flow, manifest, "val", slice_stride)}
 
 
 def _table(rows: list[dict]) -> str:
@@ -299,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_table(result["sites"]))
         print("\nThe truth with its contrast scaled (1 = as acquired):")
         print(_table(result["contrast"]))
+        print("\nThe target's own validation images calibrated (the right curve is the "
+              "identity: values = knots):")
+        print(_table(result["calibration"]))
     else:
         result = quality(args.checkpoint, args.data_dir, args.out, args.batch_size, args.quick,
                          args.slice_stride, unet=args.unet, cyclegan=args.cyclegan,

@@ -353,6 +353,36 @@ def preferred_contrast(rows: list[dict]) -> str:
             "calibration (1 = it knows the target's contrast)")
 
 
+def calibration_check(flow: "LoadedFlow", manifest: dict, split: str = "val",
+                      slice_stride: int = 1) -> list[dict]:
+    """Does the intensity calibration leave the target's own images alone?
+
+    Calibrates each target-site image of `split` as if it came from another
+    site (`harmonize.calibration`): the right curve is the identity, so its
+    fitted values should equal its knots. One row per subject: the in-mask
+    PSNR (dB) of the calibrated image and of the HM image against the image
+    itself, and the knots and fitted values. Values that barely change from
+    subject to subject while the knots do mean the prior's likelihood acts as
+    a population histogram: it cannot see a subject's own contrast.
+    """
+    from bh_jax.harmonize.calibration import CalibrationConfig, Calibrator
+
+    calibrator = Calibrator(flow.model, flow.params, CalibrationConfig())
+    rows = []
+    for entry in select(manifest, split, manifest["target_site"]):
+        image = every_nth_slice(prepare_entry(entry, flow.config.data), slice_stride)
+        slices, masks = image.slices, image.slice_masks
+        curve, _ = calibrator.curve(slices, masks, flow.reference)
+        hm = classical("hm", image, flow.reference).slices
+        psnr = {name: float(np.mean(slice_scores(x, slices, masks)["psnr"]))
+                for name, x in (("curve", curve(slices, masks)), ("hm", hm))}
+        rows.append({"subject": entry["subject"], "curve_psnr": psnr["curve"],
+                     "hm_psnr": psnr["hm"], "fitted": curve.fitted,
+                     "knots": " ".join(f"{v:.3f}" for v in curve.knots),
+                     "values": " ".join(f"{v:.3f}" for v in curve.values)})
+    return rows
+
+
 def as_evaluation(method: "VolumeMethod", progress: bool = False,
                   on_results: Callable[[list[HarmonizedVolume], float], None] | None = None
                   ) -> Method:

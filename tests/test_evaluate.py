@@ -123,3 +123,23 @@ def test_typical_contrast_reference_is_the_typical_subject_prepared_like_the_tru
         assert output.shape == source.slices.shape and not output[~source.slice_masks].any()
         truth = prepare_entry(entry, tiny_config.data, key="truth").slices
         assert 0 < np.abs(output - truth).max() < 0.5  # the contrast differs, not the anatomy
+
+
+def test_calibration_check_scores_the_target_against_itself(trained, tiny_phantom):
+    from bh_jax.baselines import histogram_match
+    from bh_jax.evaluate import calibration_check, slice_scores
+
+    workdir, config, _ = trained
+    _, manifest = tiny_phantom
+    flow = load_flow(workdir)
+    rows = calibration_check(flow, manifest, "val")
+    targets = [e for e in manifest["images"] if e["split"] == "val" and e["site"] == "target"]
+    assert [r["subject"] for r in rows] == [e["subject"] for e in targets]
+    for row, entry in zip(rows, targets):
+        image = prepare_entry(entry, config.data)
+        hm = histogram_match(image.slices, image.slice_masks, flow.reference)
+        expected = np.mean(slice_scores(hm, image.slices, image.slice_masks)["psnr"])
+        np.testing.assert_allclose(row["hm_psnr"], expected, rtol=1e-5)
+        knots, values = (np.array(row[k].split(), float) for k in ("knots", "values"))
+        assert len(knots) == len(values) == 5 and np.all(np.diff(knots) > 0)
+        assert np.all(np.diff(values) > 0) and np.isfinite(row["curve_psnr"])
