@@ -23,7 +23,9 @@ from pathlib import Path
 CHUNK_SUBJECTS = 8  # subjects whose slices are packed into the same batches
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    # The choices are spelled out so that --help does not import jax; a test keeps
+    # them equal to bh_jax's SOLVERS, INITS and methods.
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
@@ -34,7 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-dir", help="where outputs are written (--demo: out/demo)")
     parser.add_argument("--demo", action="store_true",
                         help="harmonize held-out subjects of the built-in data set and print "
-                             "Source / HM / SSIMH / BlindHarmony PSNR and SSIM")
+                             "Source / HM / SSIMH / BlindHarmony PSNR and SSIM (with the "
+                             "typical-contrast reference)")
     parser.add_argument("--demo-subjects", type=int, default=1,
                         help="--demo: held-out subjects per source site (default 1)")
     parser.add_argument("--data-dir", help="--demo: the built-in data set (default OUT/data)")
@@ -68,6 +71,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--distributed", action="store_true",
                         help="call jax.distributed.initialize() first (multi-host)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.demo:
         if args.inputs:

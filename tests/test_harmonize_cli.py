@@ -135,3 +135,19 @@ def test_progress_total_estimates_the_whole_run(tiny_phantom, tiny_config, tmp_p
     # After the first subject: its slice count for each of the three; at the end: exact.
     assert _RecordingBar.totals[0] == 3 * slices[0]
     assert _RecordingBar.totals[-1] == sum(slices)
+
+
+def test_cli_choices_match_the_library():
+    """harmonize.py spells its choices out (no jax import for --help): keep them in sync."""
+    import importlib.util
+
+    from bh_jax.harmonize.run import ALL_METHODS
+    from bh_jax.harmonize.solvers import INITS, SOLVERS
+
+    spec = importlib.util.spec_from_file_location("harmonize_cli", ROOT / "harmonize.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    choices = {a.dest: a.choices for a in cli.build_parser()._actions}
+    assert tuple(choices["method"]) == ALL_METHODS
+    assert tuple(choices["solver"]) == SOLVERS
+    assert tuple(choices["init"]) == INITS
