@@ -23,6 +23,7 @@ import numpy as np
 from bh_jax import metrics
 from bh_jax.config import DataConfig, PhantomConfig
 from bh_jax.data.phantom import render_subject, select
+from bh_jax.harmonize.calibration import CalibrationConfig, Calibrator
 from bh_jax.harmonize.pipeline import HarmonizedVolume, classical
 from bh_jax.io import new_figure, save_figure
 from bh_jax.input_pipeline import (SliceSet, fixed_batches, prepare_entry, target_volumes,
@@ -365,8 +366,6 @@ def calibration_check(flow: "LoadedFlow", manifest: dict, split: str = "val",
     subject to subject while the knots do mean the prior's likelihood acts as
     a population histogram: it cannot see a subject's own contrast.
     """
-    from bh_jax.harmonize.calibration import CalibrationConfig, Calibrator
-
     calibrator = Calibrator(flow.model, flow.params, CalibrationConfig())
     rows = []
     for entry in select(manifest, split, manifest["target_site"]):

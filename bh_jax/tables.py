@@ -5,8 +5,8 @@ Table 2: simulated scanners; Table 3: white-matter Dice of a target-trained
 segmenter. Rows: Source, BlindHarmony, HM, SSIMH, CycleGAN and U-net (both
 trained with ONE source domain, exp by default), and a reference: the subject
 at the target site with the population's typical tissue contrast
-(`evaluate.typical_contrast_method`, what a blind method can aim at). Held-out test subjects only;
-nothing is tuned on them.
+(`evaluate.typical_contrast_method`, what a blind method can aim at).
+Held-out test subjects only; nothing is tuned on them.
 """
 
 from __future__ import annotations
