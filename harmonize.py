@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 CHUNK_SUBJECTS = 8  # subjects whose slices are packed into the same batches
@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="starting image: the source through its maximum-likelihood "
                              "intensity curve, histogram-matched, the target's mean slice, or "
                              "as is (default: the solver's)")
+    parser.add_argument("--calibration-steps", type=int,
+                        help="init 'calibrated': Adam steps of the intensity-curve fit "
+                             "(default 300)")
+    parser.add_argument("--calibration-pool", type=int,
+                        help="init 'calibrated': slices per volume the curve is fitted on "
+                             "(default 16; a multiple of the device count)")
     parser.add_argument("--batch-size", type=int, default=16,
                         help="slices per compiled batch (a multiple of the device count)")
     parser.add_argument("--output-scale", default="input", choices=["input", "unit"],
@@ -110,8 +116,15 @@ def solver_settings(args: argparse.Namespace):
     base = default_settings(args.solver)
     weights = Weights(**{k: v if getattr(args, k) is None else getattr(args, k)
                          for k, v in asdict(base.weights).items()})
-    return default_settings(args.solver, weights=weights, steps=args.steps,
-                            learning_rate=args.learning_rate, init=args.init)
+    given = {k: getattr(args, f"calibration_{k}") for k in ("steps", "pool")
+             if getattr(args, f"calibration_{k}") is not None}
+    settings = default_settings(args.solver, weights=weights, steps=args.steps,
+                                learning_rate=args.learning_rate, init=args.init,
+                                calibration=replace(base.calibration, **given))
+    if given and settings.init != "calibrated":
+        raise ValueError(f"--calibration-* apply to --init calibrated only (init here: "
+                         f"{settings.init})")
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import jax
@@ -133,13 +133,18 @@ def _evaluation(checkpoint: str, data_dir: str | None):
     return flow, manifest
 
 
+SWEEP_SITES = ["exp", "log", "gamma0.7", "siteA", "siteB", "siteC", "siteD"]
+
+
 def quality(checkpoint: str, data_dir: str | None, out: str, batch: int, quick: bool = False,
             slice_stride: int = 1, baseline_steps: int | None = None, solver: str = "latent",
-            init: str | None = None, **baselines) -> dict:
-    """The paper's tables on the test subjects (`bh_jax.tables`), BlindHarmony with
-    `solver`'s default settings (and `init`, if given); --quick: a tiny run."""
+            init: str | None = None, sites: tuple[str, ...] | None = None,
+            **baselines) -> dict:
+    """The paper's tables on the test subjects' `sites` (default all; `bh_jax.tables`),
+    BlindHarmony with `solver`'s default settings (and `init`, if given); --quick: a
+    tiny run."""
     from bh_jax.harmonize.defaults import default_settings
-    from bh_jax.tables import QUICK, reproduce_tables
+    from bh_jax.tables import QUICK, SCANNERS, SHIFTS, reproduce_tables
 
     flow, manifest = _evaluation(checkpoint, data_dir)
     settings = default_settings(solver, init=init)
@@ -148,13 +153,15 @@ def quality(checkpoint: str, data_dir: str | None, out: str, batch: int, quick: 
         baseline_steps = QUICK["baseline_steps"]
         slice_stride = max(slice_stride, QUICK["slice_stride"])
     result = reproduce_tables(flow, manifest, out, settings, batch, baseline_steps=baseline_steps,
-                              slice_stride=slice_stride, **baselines)
+                              slice_stride=slice_stride, sites=tuple(sites or SHIFTS + SCANNERS),
+                              **baselines)
     result["machine"] = machine()
     return result
 
 
-def _validation_scores(flow, manifest, harmonizer, weights, slice_stride: int) -> dict:
-    """HM and BlindHarmony (`harmonizer` at `weights`) on the VALIDATION subjects."""
+def _validation_scores(flow, manifest, harmonizer, weights, slice_stride: int,
+                       sites: list[str]) -> dict:
+    """HM and BlindHarmony (`harmonizer` at `weights`) on the VALIDATION subjects' `sites`."""
     from tqdm.auto import tqdm
 
     from bh_jax.evaluate import classical_methods, evaluate_methods
@@ -167,35 +174,40 @@ def _validation_scores(flow, manifest, harmonizer, weights, slice_stride: int) -
         return [r.slices for r in results]
 
     methods = {"HM": classical_methods(flow.reference)["HM"], "BlindHarmony": blindharmony}
-    return evaluate_methods(manifest, flow.config.data, methods, sites=SWEEP_SITES, split="val",
+    return evaluate_methods(manifest, flow.config.data, methods, sites=sites, split="val",
                             slice_stride=slice_stride)
 
 
-SWEEP_SITES = ["exp", "log", "gamma0.7", "siteA", "siteB", "siteC", "siteD"]
-
-
 def sweep(checkpoint: str, data_dir: str | None, batch: int, b2s, alphas, lrs, steps,
-          slice_stride: int = 1, solver: str = "latent", init: str | None = None) -> list[dict]:
+          slice_stride: int = 1, solver: str = "latent", init: str | None = None,
+          calibrations=(None,), sites=SWEEP_SITES) -> list[dict]:
     """Grid over (b2, alpha, learning rate, steps) of `solver` (from `init`, default the
-    solver's) on the VALIDATION subjects.
+    solver's), and over `calibrations` (`CalibrationConfig`s of the 'calibrated'
+    start; None: the default), on the VALIDATION subjects' `sites`.
 
-    One compiled harmonizer per (learning rate, steps): the weights are data.
+    One compiled harmonizer per (calibration, learning rate, steps): the weights are data.
     """
     from bh_jax.harmonize import Harmonizer, Weights
     from bh_jax.harmonize.defaults import default_settings
 
     flow, manifest = _evaluation(checkpoint, data_dir)
     rows = []
-    for lr, n in itertools.product(lrs, steps):
-        settings = default_settings(solver, learning_rate=lr, steps=n, init=init)
+    for calibration, lr, n in itertools.product(calibrations, lrs, steps):
+        settings = default_settings(solver, learning_rate=lr, steps=n, init=init,
+                                    calibration=calibration)
+        if calibration is not None and settings.init != "calibrated":
+            raise ValueError(f"calibration settings apply to init 'calibrated' only, "
+                             f"not {settings.init!r} (add --init calibrated)")
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch)
         for b2, alpha in itertools.product(b2s, alphas):
             out = _validation_scores(flow, manifest, harmonizer, Weights(1.0, b2, alpha),
-                                     slice_stride)
+                                     slice_stride, sites)
             bh = [out[s]["BlindHarmony"]["psnr"] for s in out]
             hm = [out[s]["HM"]["psnr"] for s in out]
             row = {"solver": solver, "init": settings.init, "b2": b2, "alpha": alpha,
                    "learning_rate": lr, "steps": n,
+                   **({f"calibration_{k}": v for k, v in asdict(settings.calibration).items()}
+                      if settings.init == "calibrated" else {}),
                    "mean_psnr": float(np.mean(bh)),
                    "mean_gain_over_hm": float(np.mean(bh) - np.mean(hm)),
                    **{f"{s}_psnr": out[s]["BlindHarmony"]["psnr"] for s in out}}
@@ -227,6 +239,20 @@ def prior(checkpoint: str, data_dir: str | None, batch: int, slice_stride: int =
                               batch_size=batch)
     return {"sites": sites, "contrast": contrast,
             "calibration": calibration_check(flow, manifest, "val", slice_stride)}
+
+
+def _calibration_grid(args) -> list:
+    """The `CalibrationConfig`s of `--calibration-*` (every combination), or [None]."""
+    from bh_jax.harmonize.calibration import CalibrationConfig
+
+    default = CalibrationConfig()
+    grids = {"pool": args.calibration_pool, "steps": args.calibration_steps,
+             "learning_rate": args.calibration_learning_rate}
+    if all(values is None for values in grids.values()):
+        return [None]
+    axes = {k: v if v is not None else [getattr(default, k)] for k, v in grids.items()}
+    return [replace(default, **dict(zip(axes, combo)))
+            for combo in itertools.product(*axes.values())]
 
 
 def _table(rows: list[dict]) -> str:
@@ -274,11 +300,20 @@ def main(argv: list[str] | None = None) -> int:
                                           f"into OUT/baselines)")
     qu.add_argument("--source", default="exp", help="the source domain of U-net / CycleGAN")
     qu.add_argument("--baseline-steps", type=int, help="training steps of missing baselines")
+    qu.add_argument("--sites", nargs="+", help="source domains (default: all eight)")
     sw = sub.choices["sweep"]
     sw.add_argument("--b2", type=float, nargs="+", default=[0.0, 0.01, 0.1])
     sw.add_argument("--alpha", type=float, nargs="+", default=[0.001, 0.01, 0.1])
     sw.add_argument("--learning-rate", type=float, nargs="+", default=[0.05])
     sw.add_argument("--steps", type=int, nargs="+", default=[100])
+    sw.add_argument("--sites", nargs="+", default=SWEEP_SITES, choices=SWEEP_SITES,
+                    help="source domains to score (default: all seven)")
+    for name, kind, help_text in (("pool", int, "slices the curve is fitted on"),
+                                  ("steps", int, "Adam steps of the curve fit"),
+                                  ("learning-rate", float, "Adam's step of the curve fit")):
+        sw.add_argument(f"--calibration-{name}", type=kind, nargs="+",
+                        help=f"intensity calibration: {help_text} (init 'calibrated' only; "
+                             f"default: CalibrationConfig's)")
     for p in sub.choices.values():
         p.add_argument("--repeats", type=int, default=3)
         p.add_argument("--json", help="also write the results here")
@@ -294,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "sweep":
         result = sweep(args.checkpoint, args.data_dir, args.batch_size, args.b2, args.alpha,
                        args.learning_rate, args.steps, args.slice_stride, args.solver,
-                       args.init)
+                       args.init, _calibration_grid(args), args.sites)
         print(_table(result))
     elif args.command == "prior":
         result = prior(args.checkpoint, args.data_dir, args.batch_size, args.slice_stride)
@@ -309,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                          args.slice_stride, unet=args.unet, cyclegan=args.cyclegan,
                          segmenter=args.segmenter, source=args.source,
                          baseline_steps=args.baseline_steps, solver=args.solver,
-                         init=args.init)
+                         init=args.init, sites=args.sites)
         print(f"Test subjects, checkpoint {result['checkpoint']['workdir']} step "
               f"{result['checkpoint']['step']}, {result['machine']}, "
               f"{result['seconds']:.0f} s:\n")

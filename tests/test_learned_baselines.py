@@ -94,6 +94,21 @@ def test_quality_quick_end_to_end(trained, tiny_phantom, baselines, tmp_path):
     assert (tmp_path / "quality.png").stat().st_size > 0
 
 
+def test_quality_on_chosen_sites_only(trained, tiny_phantom, baselines, tmp_path):
+    from bh_jax.bench import quality
+
+    folder, _ = tiny_phantom
+    given = {kind: str(baselines[kind][0]) for kind in baselines}
+    result = quality(str(trained[0]), str(folder), str(tmp_path), batch=8, quick=True,
+                     solver="curve", sites=["exp"], **given)
+    assert set(result["results"]) == {"exp"}
+    markdown = (tmp_path / "quality.md").read_text()
+    assert "Table 1" in markdown and "Table 2" not in markdown and "Table 3" in markdown
+    with pytest.raises(ValueError, match="sites must be among"):
+        quality(str(trained[0]), str(folder), str(tmp_path / "bad"), batch=8, quick=True,
+                sites=["siteZ"], **given)
+
+
 def test_harmonize_cli_runs_learned_baselines(baselines, tiny_phantom, tmp_path):
     """harmonize.py --method unet|cyclegan: the input's geometry out, the baseline in the report."""
     import subprocess

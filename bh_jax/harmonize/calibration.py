@@ -50,10 +50,11 @@ class CalibrationConfig:
         one compiled program serves volumes of any length).
     """
 
+    # Chosen on the validation subjects (`bh_jax.harmonize.defaults`).
     segments: int = 4
-    steps: int = 60
-    learning_rate: float = 0.05
-    pool: int = 8
+    steps: int = 300
+    learning_rate: float = 0.02
+    pool: int = 16
 
     def __post_init__(self):
         for name in ("segments", "steps", "pool"):

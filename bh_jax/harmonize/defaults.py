@@ -17,12 +17,18 @@ scanner sites, and a = 1 -0.52 dB. 10 steps at lr 0.004 / 0.008 (`--steps 10
 --learning-rate 0.004 0.008`): -0.16 / -0.60 dB, the first still above HM on
 all four scanner sites.
 
-The `curve` solver (`--solver curve --steps 1`): the calibration's settings
-(4 segments, 60 steps, lr 0.05, 8 pooled slices) scored 32.26 / 31.80 / 32.11 dB
-on exp / log / gamma0.7 (HM 30.18), -0.10 dB vs HM on the mean. In scratch runs
-of an earlier version, lr 0.1, 30 steps on 4 slices, or 8 segments were worse;
-in scratch runs of this one, 2 segments (31.16 dB mean on the three validation
-shifts vs 31.96) and 1 (26.89) were worse (README, "Intensity calibration").
+The `curve` solver (`--solver curve --steps 1`) and the calibration's settings
+(`CalibrationConfig`): the first settings (4 segments, 60 steps, lr 0.05, 8
+pooled slices) scored 32.26 / 31.80 / 32.11 dB on exp / log / gamma0.7 (HM
+30.18), -0.10 dB vs HM on the mean of all seven domains. On the three shifts
+(every 3rd slice, mean over volumes, scratch script), 8 slices x 300 steps at lr
+0.02 scored 32.70 dB, 16 x 100 at lr 0.05 32.93 and 16 x 300 at lr 0.02 33.17
+(8 x 60: 31.96; HM 30.07): the defaults are now 16 slices, 300 steps, lr 0.02,
+confirmed by `python -m bh_jax.bench sweep ... --solver curve --sites exp log
+gamma0.7 --calibration-pool 16 --calibration-steps 300
+--calibration-learning-rate 0.02 --slice-stride 3`. In scratch runs of earlier
+versions, lr 0.1, 30 steps on 4 slices, 8 segments, 2 segments (31.16 dB) and 1
+(26.89) were worse (README, "Intensity calibration").
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ DEFAULTS = {
     "image": SolverConfig(solver="image", steps=20, learning_rate=0.002, schedule="constant",
                           weights=Weights(b1=1.0, b2=0.0, alpha=0.1)),
     # The volume's maximum-likelihood intensity curve, no per-slice optimisation
-    # (`bh_jax.harmonize.calibration`; 4 segments, 60 Adam steps, 8 pooled slices).
+    # (`bh_jax.harmonize.calibration`; 4 segments, 300 Adam steps, 16 pooled slices).
     "curve": SolverConfig(solver="curve", steps=1, init="calibrated"),
 }
 

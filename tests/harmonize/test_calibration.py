@@ -125,6 +125,16 @@ def test_cli_settings_keep_the_calibration_config():
                                  "--init", "calibrated", "--steps", "3"])
     settings = harmonize.solver_settings(args)
     assert (settings.solver, settings.init, settings.steps) == ("latent", "calibrated", 3)
+    args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
+                                 "--solver", "curve", "--calibration-steps", "40",
+                                 "--calibration-pool", "8"])
+    calibration = harmonize.solver_settings(args).calibration
+    assert (calibration.steps, calibration.pool) == (40, 8)
+    assert calibration.learning_rate == CalibrationConfig().learning_rate
+    args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
+                                 "--calibration-steps", "40"])  # latent starts from HM
+    with pytest.raises(ValueError, match="--init calibrated only"):
+        harmonize.solver_settings(args)
 
 
 def test_calibration_config_is_checked():
