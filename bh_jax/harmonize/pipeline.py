@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,17 @@ def initial_images(prepared: PreparedVolume, reference: TargetReference, init: s
     return slices, None
 
 
+def curve_fit_status(done: int, total: int, seconds: float) -> str:
+    """'intensity curve i/n' and, once a fit has finished, the time left at the
+    mean pace of the `done` fits that took `seconds`."""
+    status = f"intensity curve {done + 1}/{total}"
+    if done == 0:
+        return status
+    left = seconds / done * (total - done)
+    return status + (f", about {left / 60:.0f} min left" if left >= 90
+                     else f", about {left:.0f} s left")
+
+
 def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
                       reference: TargetReference, progress=None,
                       weights: Weights | None = None) -> list[HarmonizedVolume]:
@@ -66,12 +78,14 @@ def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
     init = harmonizer.settings.init
     sources = np.concatenate([p.slices for p in prepared])
     brains = np.concatenate([p.slice_masks for p in prepared])
-    # Curve fits come before the first batch: say so rather than sit at 0 %.
+    # Curve fits (minutes each on CPU) come before the first batch: say so, with
+    # the time left, rather than sit at 0 %.
     report = harmonizer.calibrator is not None and hasattr(progress, "set_postfix_str")
-    starts = []
+    starts, began = [], time.perf_counter()
     for i, p in enumerate(prepared):
         if report:
-            progress.set_postfix_str(f"intensity curve {i + 1}/{len(prepared)}")
+            progress.set_postfix_str(curve_fit_status(i, len(prepared),
+                                                      time.perf_counter() - began))
         starts.append(initial_images(p, reference, init, harmonizer.calibrator))
     if report:
         progress.set_postfix_str("")

@@ -142,3 +142,30 @@ def test_calibration_config_is_checked():
         CalibrationConfig(segments=0)
     with pytest.raises(ValueError, match="init must be one of"):
         SolverConfig(init="median")
+
+
+def test_curve_fits_report_their_progress_and_time_left(flow, volumes):
+    from bh_jax.harmonize.pipeline import curve_fit_status
+
+    assert curve_fit_status(0, 15, 0.0) == "intensity curve 1/15"
+    assert curve_fit_status(2, 15, 420.0) == "intensity curve 3/15, about 46 min left"
+    assert curve_fit_status(3, 4, 30.0) == "intensity curve 4/4, about 10 s left"
+
+    class Bar:  # stands in for tqdm
+        def __init__(self):
+            self.postfixes, self.slices = [], 0
+
+        def set_postfix_str(self, text):
+            self.postfixes.append(text)
+
+        def update(self, n):
+            self.slices += n
+
+    settings = SolverConfig(solver="curve", init="calibrated",
+                            calibration=CalibrationConfig(steps=2, pool=8))
+    bar = Bar()
+    harmonize_volumes(Harmonizer(flow.model, flow.params, settings, batch_size=8),
+                      volumes[:2], flow.reference, progress=bar)
+    assert bar.postfixes[0] == "intensity curve 1/2"
+    assert bar.postfixes[1].startswith("intensity curve 2/2, about ")
+    assert bar.postfixes[-1] == "" and bar.slices == sum(len(v.slices) for v in volumes[:2])
