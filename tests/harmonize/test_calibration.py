@@ -11,6 +11,20 @@ from bh_jax.harmonize import Harmonizer, SolverConfig, harmonize_volumes
 from bh_jax.harmonize.calibration import (CalibrationConfig, Calibrator, IntensityCurve,
                                           curve_parameters, curve_values,
                                           negative_log_likelihood, source_knots)
+from bh_jax.harmonize.pipeline import curve_fit_status
+
+
+class _Bar:
+    """Stands in for tqdm: records the status lines and counts the slices."""
+
+    def __init__(self):
+        self.postfixes, self.slices = [], 0
+
+    def set_postfix_str(self, text):
+        self.postfixes.append(text)
+
+    def update(self, n):
+        self.slices += n
 
 
 def test_curve_parameters_round_trip_and_increase():
@@ -99,8 +113,13 @@ def test_curve_solver_returns_the_calibrated_volume(flow, volumes):
     curves = []
     for devices in (jax.devices()[:1], jax.devices()):
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=8, devices=devices)
-        results = harmonize_volumes(harmonizer, volumes[:2], flow.reference)
+        bar = _Bar()
+        results = harmonize_volumes(harmonizer, volumes[:2], flow.reference, progress=bar)
         assert harmonizer.calibrator.compilations == 1
+        # The bar says which fit is running and, after the first, the time left.
+        assert bar.postfixes[0] == "intensity curve 1/2" and bar.postfixes[-1] == ""
+        assert bar.postfixes[1].startswith("intensity curve 2/2, about ")
+        assert bar.slices == sum(len(v.slices) for v in volumes[:2])
         for result, volume in zip(results, volumes):
             assert result.curve is not None and result.curve.fitted
             np.testing.assert_allclose(result.slices,
@@ -144,28 +163,8 @@ def test_calibration_config_is_checked():
         SolverConfig(init="median")
 
 
-def test_curve_fits_report_their_progress_and_time_left(flow, volumes):
-    from bh_jax.harmonize.pipeline import curve_fit_status
 
+def test_curve_fit_status_gives_the_time_left():
     assert curve_fit_status(0, 15, 0.0) == "intensity curve 1/15"
     assert curve_fit_status(2, 15, 420.0) == "intensity curve 3/15, about 46 min left"
     assert curve_fit_status(3, 4, 30.0) == "intensity curve 4/4, about 10 s left"
-
-    class Bar:  # stands in for tqdm
-        def __init__(self):
-            self.postfixes, self.slices = [], 0
-
-        def set_postfix_str(self, text):
-            self.postfixes.append(text)
-
-        def update(self, n):
-            self.slices += n
-
-    settings = SolverConfig(solver="curve", init="calibrated",
-                            calibration=CalibrationConfig(steps=2, pool=8))
-    bar = Bar()
-    harmonize_volumes(Harmonizer(flow.model, flow.params, settings, batch_size=8),
-                      volumes[:2], flow.reference, progress=bar)
-    assert bar.postfixes[0] == "intensity curve 1/2"
-    assert bar.postfixes[1].startswith("intensity curve 2/2, about ")
-    assert bar.postfixes[-1] == "" and bar.slices == sum(len(v.slices) for v in volumes[:2])
