@@ -163,7 +163,6 @@ def test_calibration_config_is_checked():
         SolverConfig(init="median")
 
 
-
 def test_curve_fit_status_gives_the_time_left():
     assert curve_fit_status(0, 15, 0.0) == "intensity curve 1/15"
     assert curve_fit_status(2, 15, 420.0) == "intensity curve 3/15, about 46 min left"
