@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "intensity curve, histogram-matched, the target's mean slice, or "
                              "as is (default: the solver's)")
     parser.add_argument("--calibration-steps", type=int,
-                        help="init 'calibrated': Adam steps of the intensity-curve fit "
-                             "(default 300)")
+                        help="init 'calibrated': L-BFGS steps of the intensity-curve fit "
+                             "(default 30)")
     parser.add_argument("--calibration-pool", type=int,
                         help="init 'calibrated': slices per volume the curve is fitted on "
                              "(default 16; a multiple of the device count)")
@@ -118,13 +118,9 @@ def solver_settings(args: argparse.Namespace):
                          for k, v in asdict(base.weights).items()})
     given = {k: getattr(args, f"calibration_{k}") for k in ("steps", "pool")
              if getattr(args, f"calibration_{k}") is not None}
-    settings = default_settings(args.solver, weights=weights, steps=args.steps,
-                                learning_rate=args.learning_rate, init=args.init,
-                                calibration=replace(base.calibration, **given))
-    if given and settings.init != "calibrated":
-        raise ValueError(f"--calibration-* apply to --init calibrated only (init here: "
-                         f"{settings.init})")
-    return settings
+    return default_settings(args.solver, weights=weights, steps=args.steps,
+                            learning_rate=args.learning_rate, init=args.init,
+                            calibration=replace(base.calibration, **given) if given else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -195,9 +195,6 @@ def sweep(checkpoint: str, data_dir: str | None, batch: int, b2s, alphas, lrs, s
     for calibration, lr, n in itertools.product(calibrations, lrs, steps):
         settings = default_settings(solver, learning_rate=lr, steps=n, init=init,
                                     calibration=calibration)
-        if calibration is not None and settings.init != "calibrated":
-            raise ValueError(f"calibration settings apply to init 'calibrated' only, "
-                             f"not {settings.init!r} (add --init calibrated)")
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch)
         for b2, alpha in itertools.product(b2s, alphas):
             out = _validation_scores(flow, manifest, harmonizer, Weights(1.0, b2, alpha),
@@ -246,8 +243,7 @@ def _calibration_grid(args) -> list:
     from bh_jax.harmonize.calibration import CalibrationConfig
 
     default = CalibrationConfig()
-    grids = {"pool": args.calibration_pool, "steps": args.calibration_steps,
-             "learning_rate": args.calibration_learning_rate}
+    grids = {"pool": args.calibration_pool, "steps": args.calibration_steps}
     if all(values is None for values in grids.values()):
         return [None]
     axes = {k: v if v is not None else [getattr(default, k)] for k, v in grids.items()}
@@ -308,10 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--steps", type=int, nargs="+", default=[100])
     sw.add_argument("--sites", nargs="+", default=SWEEP_SITES, choices=SWEEP_SITES,
                     help="source domains to score (default: all seven)")
-    for name, kind, help_text in (("pool", int, "slices the curve is fitted on"),
-                                  ("steps", int, "Adam steps of the curve fit"),
-                                  ("learning-rate", float, "Adam's step of the curve fit")):
-        sw.add_argument(f"--calibration-{name}", type=kind, nargs="+",
+    for name, help_text in (("pool", "slices the curve is fitted on"),
+                            ("steps", "L-BFGS steps of the curve fit")):
+        sw.add_argument(f"--calibration-{name}", type=int, nargs="+",
                         help=f"intensity calibration: {help_text} (init 'calibrated' only; "
                              f"default: CalibrationConfig's)")
     for p in sub.choices.values():

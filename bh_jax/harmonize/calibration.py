@@ -16,9 +16,12 @@ at their own contrast (bench prior, column `bpd_cov`).
 
 `Calibrator` fits one monotone piecewise-linear T per volume (knots at the
 source's in-brain quantiles, values increasing by construction, starting at the
-histogram-matching curve) by Adam on that log-likelihood over a fixed pool of
+histogram-matching curve) by L-BFGS on that log-likelihood over a fixed pool of
 the volume's slices, the whole fit one `lax.scan` in one compiled program for
-a whole run. The calibrated source starts the solver (`SolverConfig.init =
+a whole run. The curve has only segments + 1 parameters, so a quasi-Newton
+method with a line search needs about a tenth of the likelihood evaluations of
+Adam: 30 iterations reach a lower loss than 300 Adam steps did, in a quarter
+of the time (README, "Intensity calibration"). The calibrated source starts the solver (`SolverConfig.init =
 'calibrated'`).
 """
 
@@ -43,8 +46,8 @@ class CalibrationConfig:
 
     Attributes:
       segments: linear pieces of the monotone curve (1 = an affine map).
-      steps: Adam steps.
-      learning_rate: Adam's step on the curve's parameters.
+      steps: L-BFGS iterations (each one evaluation of the likelihood and its
+        gradient, more when the line search rejects the first step).
       pool: slices of each volume the curve is fitted on (evenly spaced among
         those with at least half the largest brain area; a fixed number, so
         one compiled program serves volumes of any length).
@@ -52,8 +55,7 @@ class CalibrationConfig:
 
     # Chosen on the validation subjects (`bh_jax.harmonize.defaults`).
     segments: int = 4
-    steps: int = 300
-    learning_rate: float = 0.02
+    steps: int = 30
     pool: int = 16
 
     def __post_init__(self):
@@ -149,17 +151,22 @@ class Calibrator:
         check_batch_size(self.mesh, config.pool)
         self.params = replicate(self.mesh, params)
         self.compilations = 0
-        optimizer = optax.adam(config.learning_rate)
+        optimizer = optax.lbfgs()  # zoom line search (strong Wolfe conditions)
 
         def fit(params, theta, sources, brains, knots):
             self.compilations += 1  # runs only while tracing
-            loss = jax.value_and_grad(
-                lambda t: negative_log_likelihood(model, params, t, sources, brains, knots))
+
+            def loss(t):
+                return negative_log_likelihood(model, params, t, sources, brains, knots)
+
+            # Reuses the line search's last value and gradient: one evaluation a step.
+            value_and_grad = optax.value_and_grad_from_state(loss)
 
             def step(carry, _):
                 theta, state = carry
-                value, grads = loss(theta)
-                updates, state = optimizer.update(grads, state, theta)
+                value, grads = value_and_grad(theta, state=state)
+                updates, state = optimizer.update(grads, state, theta, value=value, grad=grads,
+                                                  value_fn=loss)
                 return (optax.apply_updates(theta, updates), state), value
 
             (theta, _), history = jax.lax.scan(step, (theta, optimizer.init(theta)), None,

@@ -23,12 +23,16 @@ pooled slices) scored 32.26 / 31.80 / 32.11 dB on exp / log / gamma0.7 (HM
 30.18), -0.10 dB vs HM on the mean of all seven domains. On the three shifts
 (every 3rd slice, mean over volumes, scratch script), 8 slices x 300 steps at lr
 0.02 scored 32.70 dB, 16 x 100 at lr 0.05 32.93 and 16 x 300 at lr 0.02 33.17
-(8 x 60: 31.96; HM 30.07): the defaults are now 16 slices, 300 steps, lr 0.02,
-confirmed by `python -m bh_jax.bench sweep ... --solver curve --sites exp log
-gamma0.7 --calibration-pool 16 --calibration-steps 300
---calibration-learning-rate 0.02 --slice-stride 3`. In scratch runs of earlier
-versions, lr 0.1, 30 steps on 4 slices, 8 segments, 2 segments (31.16 dB) and 1
-(26.89) were worse (README, "Intensity calibration").
+(8 x 60: 31.96; HM 30.07), so the pool is 16 slices. The fit is now L-BFGS
+(the curve has 5 parameters): `python -m bh_jax.bench sweep ... --solver curve
+--b2 0 --alpha 0.01 --steps 1 --slice-stride 3 --calibration-steps 20 30`
+scored 33.07 / 33.17 / 33.31 dB (20 steps) and 33.17 / 33.23 / 33.44 (30 steps,
+the default) on exp / log / gamma0.7, +0.22 and +0.27 dB over HM on the mean of
+all seven domains (Adam, 300 steps: 33.07 / 33.34 / 33.47 on the shifts). In
+scratch runs, 8 and 16 segments reached a higher likelihood and a lower PSNR
+(exp: 32.11 and 31.28 dB mean over the 3 volumes vs 33.05 for 4), and in
+earlier versions 2 segments (31.16 dB) and 1 (26.89) were worse (README,
+"Intensity calibration").
 """
 
 from __future__ import annotations
@@ -47,15 +51,23 @@ DEFAULTS = {
     "image": SolverConfig(solver="image", steps=20, learning_rate=0.002, schedule="constant",
                           weights=Weights(b1=1.0, b2=0.0, alpha=0.1)),
     # The volume's maximum-likelihood intensity curve, no per-slice optimisation
-    # (`bh_jax.harmonize.calibration`; 4 segments, 300 Adam steps, 16 pooled slices).
+    # (`bh_jax.harmonize.calibration`; 4 segments, 30 L-BFGS steps, 16 pooled slices).
     "curve": SolverConfig(solver="curve", steps=1, init="calibrated"),
 }
 
 
 def default_settings(solver: str = "latent", **overrides) -> SolverConfig:
-    """`solver`'s defaults with `overrides` (SolverConfig fields; None keeps the default)."""
+    """`solver`'s defaults with `overrides` (SolverConfig fields; None keeps the default).
+
+    Raises ValueError for an unknown solver, or for a `calibration` given to
+    settings that do not start from the calibrated curve (it would be ignored).
+    """
     try:
         base = DEFAULTS[solver]
     except KeyError:
         raise ValueError(f"solver must be one of {sorted(DEFAULTS)}, got {solver!r}") from None
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    settings = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("calibration") is not None and settings.init != "calibrated":
+        raise ValueError(f"calibration settings apply to init 'calibrated' only, not "
+                         f"{settings.init!r} (use --init calibrated or --solver curve)")
+    return settings

