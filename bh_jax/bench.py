@@ -138,13 +138,13 @@ SWEEP_SITES = ["exp", "log", "gamma0.7", "siteA", "siteB", "siteC", "siteD"]
 
 def quality(checkpoint: str, data_dir: str | None, out: str, batch: int, quick: bool = False,
             slice_stride: int = 1, baseline_steps: int | None = None, solver: str = "latent",
-            init: str | None = None, sites: tuple[str, ...] | None = None,
+            init: str | None = None, sites: list[str] | None = None,
             **baselines) -> dict:
     """The paper's tables on the test subjects' `sites` (default all; `bh_jax.tables`),
     BlindHarmony with `solver`'s default settings (and `init`, if given); --quick: a
     tiny run."""
     from bh_jax.harmonize.defaults import default_settings
-    from bh_jax.tables import QUICK, SCANNERS, SHIFTS, reproduce_tables
+    from bh_jax.tables import QUICK, reproduce_tables
 
     flow, manifest = _evaluation(checkpoint, data_dir)
     settings = default_settings(solver, init=init)
@@ -153,7 +153,7 @@ def quality(checkpoint: str, data_dir: str | None, out: str, batch: int, quick: 
         baseline_steps = QUICK["baseline_steps"]
         slice_stride = max(slice_stride, QUICK["slice_stride"])
     result = reproduce_tables(flow, manifest, out, settings, batch, baseline_steps=baseline_steps,
-                              slice_stride=slice_stride, sites=tuple(sites or SHIFTS + SCANNERS),
+                              slice_stride=slice_stride, sites=sites,
                               **baselines)
     result["machine"] = machine()
     return result

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,11 +58,12 @@ def reproduce_tables(flow, manifest: dict, out: str | Path, settings, batch_size
                      unet: str | None = None, cyclegan: str | None = None,
                      segmenter: str | None = None, source: str = "exp",
                      baseline_steps: int | None = None, slice_stride: int = 1,
-                     progress: bool = True, sites: tuple[str, ...] = SHIFTS + SCANNERS) -> dict:
-    """Runs every method on the test subjects' `sites` (default: all eight source
+                     progress: bool = True, sites: Sequence[str] | None = None) -> dict:
+    """Runs every method on the test subjects' `sites` (None: all eight source
     domains); writes OUT/quality.{md,json,png}."""
     from bh_jax.harmonize.run import baseline_method, flow_method
 
+    sites = SHIFTS + SCANNERS if sites is None else tuple(sites)
     unknown = sorted(set(sites) - set(SHIFTS + SCANNERS))
     if unknown or not sites:
         raise ValueError(f"sites must be among {SHIFTS + SCANNERS}, got {list(sites)}")

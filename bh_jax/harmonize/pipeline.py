@@ -78,8 +78,8 @@ def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
     init = harmonizer.settings.init
     sources = np.concatenate([p.slices for p in prepared])
     brains = np.concatenate([p.slice_masks for p in prepared])
-    # Curve fits (minutes each on CPU) come before the first batch: say so, with
-    # the time left, rather than sit at 0 %.
+    # Curve fits (about 45 s each on a 2-core CPU) come before the first batch:
+    # say so, with the time left, rather than sit at 0 %.
     report = harmonizer.calibrator is not None and hasattr(progress, "set_postfix_str")
     starts, began = [], time.perf_counter()
     for i, p in enumerate(prepared):
