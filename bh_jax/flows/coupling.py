@@ -8,12 +8,15 @@ tails) or a Glow affine transform (scale = sigmoid(h + 2)).
 
 from __future__ import annotations
 
+from functools import partial
+
 import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from bh_jax.config import FlowConfig
+from bh_jax.flows.conv import conv_general_dilated
 
 
 class Conditioner(nn.Module):
@@ -31,13 +34,15 @@ class Conditioner(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        h = nn.Conv(self.hidden, (1, 1))(x)
+        # Gradients through the flow run inside the solvers' loops: see flows.conv.
+        conv = partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+        h = conv(self.hidden, (1, 1))(x)
         for _ in range(self.blocks):
-            r = nn.Conv(self.hidden, (3, 3))(nn.relu(nn.LayerNorm()(h)))
-            r = nn.Conv(self.hidden, (3, 3))(nn.relu(nn.LayerNorm()(r)))
+            r = conv(self.hidden, (3, 3))(nn.relu(nn.LayerNorm()(h)))
+            r = conv(self.hidden, (3, 3))(nn.relu(nn.LayerNorm()(r)))
             h = h + r
-        return nn.Conv(self.features, (1, 1), kernel_init=nn.initializers.zeros,
-                       bias_init=nn.initializers.zeros)(h)
+        return conv(self.features, (1, 1), kernel_init=nn.initializers.zeros,
+                    bias_init=nn.initializers.zeros)(h)
 
 
 def _params_per_dim(config: FlowConfig) -> int:
