@@ -89,6 +89,24 @@ def bench_flow(preset: str, batch: int, repeats: int) -> dict:
             "matmul_precision": str(jax.config.jax_default_matmul_precision), "machine": machine()}
 
 
+def _time_calibration(calibrator, images: np.ndarray, brains: np.ndarray,
+                      repeats: int) -> dict:
+    """Compile time and seconds of one evaluation of the intensity calibration's
+    likelihood and gradient over its slice pool: the unit of the `curve`
+    solver's per-volume fit (not in its slices/s). A fit takes 30 L-BFGS steps
+    of one or more evaluations each (the line search's count depends on the
+    flow and the volume, so random weights cannot time a whole fit)."""
+    from bh_jax.harmonize.calibration import negative_log_likelihood, source_knots
+
+    pool = np.resize(np.arange(len(images)), calibrator.config.pool)
+    knots = jnp.asarray(source_knots(images, brains, calibrator.config.segments), jnp.float32)
+    theta = jnp.zeros(calibrator.config.segments + 1)
+    evaluate = jax.jit(jax.value_and_grad(lambda t: negative_log_likelihood(
+        calibrator.model, calibrator.params, t, images[pool], brains[pool], knots)))
+    first, best = _timed(evaluate, theta, repeats=repeats)
+    return {"calibration_compile_s": first - best, "calibration_eval_s": best}
+
+
 def bench_harmonize(preset: str, batch: int, steps: int | None, repeats: int,
                     memory_only: bool = False) -> list[dict]:
     """Slices/s and XLA's memory plan of each solver with its default settings.
@@ -115,6 +133,8 @@ def bench_harmonize(preset: str, batch: int, steps: int | None, repeats: int,
             first, best = _timed(harmonizer.harmonize_slices, images, brains, images,
                                  repeats=repeats)
             row.update(compile_s=first - best, slices_per_s=batch / best)
+            if harmonizer.calibrator is not None:
+                row.update(_time_calibration(harmonizer.calibrator, images, brains, repeats))
         memory = harmonizer.memory_mib()
         row.update(memory_mib=sum(memory.values()), temporaries_mib=memory["temporaries"],
                    machine=machine())
@@ -243,7 +263,8 @@ def _calibration_grid(args) -> list:
     from bh_jax.harmonize.calibration import CalibrationConfig
 
     default = CalibrationConfig()
-    grids = {"pool": args.calibration_pool, "steps": args.calibration_steps}
+    grids = {"segments": args.calibration_segments, "pool": args.calibration_pool,
+             "steps": args.calibration_steps}
     if all(values is None for values in grids.values()):
         return [None]
     axes = {k: v if v is not None else [getattr(default, k)] for k, v in grids.items()}
@@ -252,10 +273,11 @@ def _calibration_grid(args) -> list:
 
 
 def _table(rows: list[dict]) -> str:
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for row in rows for k in row))  # every row's, in order
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     return "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
-                      *("| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows)])
+                      *("| " + " | ".join(fmt(r[k]) if k in r else "" for k in keys) + " |"
+                        for r in rows)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--steps", type=int, nargs="+", default=[100])
     sw.add_argument("--sites", nargs="+", default=SWEEP_SITES, choices=SWEEP_SITES,
                     help="source domains to score (default: all seven)")
-    for name, help_text in (("pool", "slices the curve is fitted on"),
+    for name, help_text in (("segments", "linear pieces of the curve"),
+                            ("pool", "slices the curve is fitted on"),
                             ("steps", "L-BFGS steps of the curve fit")):
         sw.add_argument(f"--calibration-{name}", type=int, nargs="+",
                         help=f"intensity calibration: {help_text} (init 'calibrated' only; "

@@ -41,3 +41,33 @@ def test_sweep_refuses_calibration_settings_without_the_calibrated_start(trained
     with pytest.raises(ValueError, match="init 'calibrated' only"):
         main(["sweep", "--checkpoint", str(workdir), "--data-dir", str(folder),
               "--solver", "latent", "--calibration-steps", "5", "--sites", "exp"])
+
+
+def test_bench_harmonize_times_every_solver_and_the_calibration(capsys):
+    assert main(["harmonize", "--preset", "tiny", "--batch-size", "8", "--steps", "1",
+                 "--repeats", "1"]) == 0
+    lines = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+             for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    header, rows = lines[0], [dict(zip(lines[0], cells)) for cells in lines[1:]]
+    assert "calibration_eval_s" in header
+    assert [r["solver"] for r in rows] == ["latent", "alternating", "image", "curve"]
+    for row in rows:
+        assert float(row["slices_per_s"]) > 0
+        # Only the curve solver fits an intensity curve; the others leave the cell empty.
+        if row["solver"] == "curve":
+            assert float(row["calibration_eval_s"]) > 0
+        else:
+            assert row["calibration_eval_s"] == ""
+
+
+def test_calibration_grid_covers_every_combination():
+    from argparse import Namespace
+
+    from bh_jax.bench import _calibration_grid
+
+    grid = _calibration_grid(Namespace(calibration_segments=[3, 5], calibration_pool=None,
+                                       calibration_steps=[10, 20]))
+    assert [(c.segments, c.pool, c.steps) for c in grid] == [
+        (3, 16, 10), (3, 16, 20), (5, 16, 10), (5, 16, 20)]
+    assert _calibration_grid(Namespace(calibration_segments=None, calibration_pool=None,
+                                       calibration_steps=None)) == [None]

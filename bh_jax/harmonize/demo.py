@@ -38,7 +38,7 @@ def _writer(method: VolumeMethod, output_dir: Path):
 
 
 def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
-             checkpoint: str | Path | None = None, subjects: int = 1,
+             checkpoint: str | Path | None = None, subjects: int | None = None,
              settings: SolverConfig | None = None, batch_size: int = 16,
              progress: bool = True) -> dict:
     """Runs the demo; returns {"table": markdown, "results": ..., "figure": path, ...}.
@@ -48,12 +48,18 @@ def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
       data_dir: the built-in data set (generated if absent; default
         OUTPUT_DIR/data).
       checkpoint: a training folder (default: the shipped `demo` checkpoint).
-      subjects: how many held-out (test) subjects per source site.
+      subjects: how many held-out (test) subjects per source site (default:
+        all of them; the first ones by name otherwise).
+      settings: BlindHarmony's solver (default: `harmonize.py`'s default,
+        `default_settings()`; `python harmonize.py --demo` passes the
+        `curve` solver's).
     """
     from bh_jax import pretrained
     from bh_jax.data.phantom import ensure_phantom
     from bh_jax.harmonize.defaults import default_settings
 
+    if subjects is not None and subjects < 1:
+        raise ValueError(f"the demo needs at least 1 subject per site, got {subjects}")
     start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -61,6 +67,7 @@ def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
     manifest = ensure_phantom(data_dir or output_dir / "data", flow.config.phantom,
                               flow.config.name, progress=progress)
     test_subjects = [s["subject"] for s in manifest["subjects"] if s["split"] == "test"]
+    test_subjects = test_subjects[:subjects]
     settings = settings or default_settings()
     blindharmony = flow_method(flow, "blindharmony", settings, batch_size)
     methods = classical_methods(flow.reference)
@@ -69,8 +76,9 @@ def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
     methods[TYPICAL] = typical_contrast_method(manifest, flow.config.data)
     examples: dict = {}
     results = evaluate_methods(manifest, flow.config.data, methods, sites=DEMO_SITES,
-                               subjects=test_subjects[:subjects], examples=examples)
+                               subjects=test_subjects, examples=examples)
     figure = save_examples_png(examples, output_dir / "demo.png")
     return {"table": format_table(results), "results": results, "figure": figure,
-            "checkpoint": flow.identity, "seconds": time.perf_counter() - start,
+            "checkpoint": flow.identity, "subjects": len(test_subjects),
+            "seconds": time.perf_counter() - start,
             "outputs": sorted(str(p) for p in output_dir.glob("*_harmonized.nii.gz"))}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from bh_jax.harmonize import SolverConfig
 from bh_jax.evaluate import TYPICAL
@@ -16,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_writes_outputs_figure_and_table(trained, tiny_phantom, tmp_path):
     folder, manifest = tiny_phantom
-    result = run_demo(tmp_path / "out", data_dir=folder, checkpoint=trained[0],
+    result = run_demo(tmp_path / "out", data_dir=folder, checkpoint=trained[0], subjects=1,
                       settings=SolverConfig(steps=2), batch_size=8, progress=False)
+    assert result["subjects"] == 1
     assert set(result["results"]) == set(DEMO_SITES)
     for site in DEMO_SITES:
         scores = result["results"][site]
@@ -44,3 +46,22 @@ def test_without_demo_inputs_and_checkpoint_are_required():
     run = subprocess.run([sys.executable, str(ROOT / "harmonize.py"), "a.nii.gz"],
                          capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 2 and "--checkpoint and --output-dir are required" in run.stderr
+
+
+def test_demo_defaults_to_the_curve_solver_and_all_test_subjects():
+    import harmonize
+
+    args = harmonize.parse_args(["--demo"])
+    assert args.solver == harmonize.DEMO_SOLVER == "curve" and args.demo_subjects is None
+    assert harmonize.parse_args(["--demo", "--solver", "latent"]).solver == "latent"
+    assert harmonize.parse_args(["a.nii.gz", "--checkpoint", "c",
+                                 "--output-dir", "o"]).solver == "latent"
+
+
+def test_demo_subjects_is_checked(trained, tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "harmonize.py"), "a.nii.gz", "--checkpoint",
+                          "c", "--output-dir", "o", "--demo-subjects", "2"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and "--demo-subjects is a --demo option" in run.stderr
+    with pytest.raises(ValueError, match="at least 1 subject"):
+        run_demo(tmp_path / "out", checkpoint=trained[0], subjects=0, progress=False)
