@@ -49,13 +49,14 @@ def initial_images(prepared: PreparedVolume, reference: TargetReference, init: s
     return slices, None
 
 
-def curve_fit_status(done: int, total: int, seconds: float) -> str:
-    """'intensity curve i/n' and, once a fit has finished, the time left at the
-    mean pace of the `done` fits that took `seconds`."""
+def curve_fit_status(done: int, total: int, seconds: float, first: float) -> str:
+    """'intensity curve i/n' and, once two fits have finished, the time left at
+    the mean pace of the fits after the first (which includes compiling): the
+    `done` fits took `seconds`, the first of them `first`."""
     status = f"intensity curve {done + 1}/{total}"
-    if done == 0:
+    if done < 2:
         return status
-    left = seconds / done * (total - done)
+    left = (seconds - first) / (done - 1) * (total - done)
     return status + (f", about {left / 60:.0f} min left" if left >= 90
                      else f", about {left:.0f} s left")
 
@@ -78,15 +79,17 @@ def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
     init = harmonizer.settings.init
     sources = np.concatenate([p.slices for p in prepared])
     brains = np.concatenate([p.slice_masks for p in prepared])
-    # Curve fits (about 45 s each on a 2-core CPU) come before the first batch:
-    # say so, with the time left, rather than sit at 0 %.
+    # Curve fits (seconds each on a 2-core CPU, the first also compiles) come
+    # before the first batch: say so, with the time left, rather than sit at 0 %.
     report = harmonizer.calibrator is not None and hasattr(progress, "set_postfix_str")
-    starts, began = [], time.perf_counter()
+    starts, began, first = [], time.perf_counter(), 0.0
     for i, p in enumerate(prepared):
         if report:
             progress.set_postfix_str(curve_fit_status(i, len(prepared),
-                                                      time.perf_counter() - began))
+                                                      time.perf_counter() - began, first))
         starts.append(initial_images(p, reference, init, harmonizer.calibrator))
+        if i == 0:
+            first = time.perf_counter() - began
     if report:
         progress.set_postfix_str("")
     inits = np.concatenate([x_init for x_init, _ in starts])

@@ -174,6 +174,9 @@ def test_calibration_config_is_checked():
 
 
 def test_curve_fit_status_gives_the_time_left():
-    assert curve_fit_status(0, 15, 0.0) == "intensity curve 1/15"
-    assert curve_fit_status(2, 15, 420.0) == "intensity curve 3/15, about 46 min left"
-    assert curve_fit_status(3, 4, 30.0) == "intensity curve 4/4, about 10 s left"
+    assert curve_fit_status(0, 15, 0.0, 0.0) == "intensity curve 1/15"
+    # One fit done: its time includes compiling, so no estimate yet.
+    assert curve_fit_status(1, 15, 60.0, 60.0) == "intensity curve 2/15"
+    # The pace of the fits after the first: (420 - 200) s / 1 fit, 13 left.
+    assert curve_fit_status(2, 15, 420.0, 200.0) == "intensity curve 3/15, about 48 min left"
+    assert curve_fit_status(3, 4, 30.0, 20.0) == "intensity curve 4/4, about 5 s left"
