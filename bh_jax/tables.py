@@ -44,6 +44,19 @@ def baseline_folder(out: Path, kind: str, given: str | None, source: str, data, 
     return folder
 
 
+# Below this Dice on the target images themselves, Table 3 says nothing.
+USEFUL_CEILING = 0.5
+
+
+def ceiling_warning(ceiling: float) -> str | None:
+    """A warning when the segmenter fails on the target images themselves."""
+    if ceiling >= USEFUL_CEILING:
+        return None
+    return (f"the WM segmenter's Dice on the target-site images is only {ceiling:.4f}: it is "
+            f"undertrained and Table 3 is meaningless (train it longer: --baseline-steps, "
+            f"default 1000)")
+
+
 def segmentation_ceiling(manifest: dict, data, segmenter, slice_stride: int) -> float:
     """WM Dice of the segmenter on the target-site test images themselves."""
     scores = []
@@ -99,7 +112,11 @@ def reproduce_tables(flow, manifest: dict, out: str | Path, settings, batch_size
                ("dice",))]
     markdown = "\n\n".join(f"{title}\n\n{format_table(part, keys)}"
                              for title, part, keys in tables if part)
+    warning = ceiling_warning(ceiling)
+    if warning:
+        markdown += f"\n\nWarning: {warning}."
     record = {"results": results, "wm_dice_target_ceiling": ceiling,
+              **({"warning": warning} if warning else {}),
               "checkpoint": flow.identity, "baselines": {k: str(v) for k, v in folders.items()},
               "settings": repr(settings), "slice_stride": slice_stride,
               "seconds": time.perf_counter() - start}

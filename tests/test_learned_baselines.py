@@ -88,6 +88,8 @@ def test_quality_quick_end_to_end(trained, tiny_phantom, baselines, tmp_path):
             assert all(np.isfinite(values[m]) for m in ("psnr", "ssim", "dice")), (site, name)
     assert 0 <= result["wm_dice_target_ceiling"] <= 1
     markdown = (tmp_path / "quality.md").read_text()
+    undertrained = result["wm_dice_target_ceiling"] < 0.5
+    assert ("warning" in result) == ("Warning: the WM segmenter" in markdown) == undertrained
     assert markdown.count("| method |") == 3 and "Table 3" in markdown
     assert all(f"| {row} |" in markdown for row in rows)
     assert json.loads((tmp_path / "quality.json").read_text())["results"] == result["results"]
@@ -160,3 +162,10 @@ def test_interrupted_training_resumes_exactly(tiny_phantom, tiny_config, tmp_pat
     other = BaselineConfig("unet", features=4, steps=20, batch_size=4)
     with pytest.raises(ValueError, match="holds a different baseline"):
         train_baseline(other, tiny_config.data, manifest, tmp_path / "resumed", progress=False)
+
+
+def test_an_undertrained_segmenter_is_flagged():
+    from bh_jax.tables import ceiling_warning
+
+    assert "undertrained" in ceiling_warning(0.0) and "0.0000" in ceiling_warning(0.0)
+    assert ceiling_warning(0.97) is None
