@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "Source / HM / SSIMH / BlindHarmony PSNR and SSIM (with the "
                              "typical-contrast reference)")
     parser.add_argument("--demo-subjects", type=int,
-                        help="--demo: held-out subjects per source site (default: all 5)")
+                        help="--demo: held-out subjects per source site (default: all; "
+                             "the built-in data set has 5)")
     parser.add_argument("--data-dir", help="--demo: the built-in data set (default OUT/data)")
     parser.add_argument("--mask-dir", help="brain masks matched by file name "
                                            "(default: automatic masks)")

@@ -8,9 +8,9 @@ runs that form on a slow path (jax-ml/jax#12868): on jaxlib 0.10.2, a
 16 x 16 x 16 x 8 -> 32 channel 3x3 convolution's input gradient took 3.4 ms
 in a `lax.scan` against 0.3 ms outside one, and the demo flow's likelihood
 gradient 0.70 s against 0.13 s. `conv_general_dilated` below gives the same
-values but computes the input gradient with the kernel flipped and
-*explicitly* transposed to [H, W, O, I] -> [H, W, I', O'] layout, a plain
-convolution that runs at full speed in and out of loops.
+values but computes the input gradient as an ordinary HWIO convolution with a
+new kernel: the old one flipped in space, its input and output channel axes
+swapped by a real transpose. That runs at full speed in and out of loops.
 
 It accepts exactly what `flax.linen.Conv` passes for the conditioners'
 convolutions (stride 1, no dilation, one feature group, NHWC / HWIO) and

@@ -113,13 +113,16 @@ def test_curve_solver_returns_the_calibrated_volume(flow, volumes):
     for devices in (jax.devices()[:1], jax.devices()):
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=8, devices=devices)
         bar = _Bar()
-        results = harmonize_volumes(harmonizer, volumes[:2], flow.reference, progress=bar)
+        batch = volumes[:2] + volumes[:1]  # three fits (the tiny set has two test subjects)
+        results = harmonize_volumes(harmonizer, batch, flow.reference, progress=bar)
         assert harmonizer.calibrator.compilations == 1
-        # The bar says which fit is running and, after the first, the time left.
-        assert bar.postfixes[0] == "intensity curve 1/2" and bar.postfixes[-1] == ""
-        assert bar.postfixes[1].startswith("intensity curve 2/2, about ")
-        assert bar.slices == sum(len(v.slices) for v in volumes[:2])
-        for result, volume in zip(results, volumes):
+        # The bar says which fit is running and, once two are done (the first
+        # compiles), the time left.
+        assert bar.postfixes[:2] == ["intensity curve 1/3", "intensity curve 2/3"]
+        assert bar.postfixes[2].startswith("intensity curve 3/3, about ")
+        assert bar.postfixes[-1] == ""
+        assert bar.slices == sum(len(v.slices) for v in batch)
+        for result, volume in zip(results, batch):
             assert result.curve is not None and result.curve.fitted
             np.testing.assert_allclose(result.slices,
                                        result.curve(volume.slices, volume.slice_masks), atol=1e-6)
