@@ -30,8 +30,8 @@ scored 33.07 / 33.17 / 33.31 dB (20 steps) and 33.17 / 33.23 / 33.44 (30 steps,
 the default) on exp / log / gamma0.7, +0.22 and +0.27 dB over HM on the mean of
 all seven domains (Adam, 300 steps: 33.07 / 33.34 / 33.47 on the shifts). `--calibration-segments 3 4 5` (same command) scored 25.87 / 26.01 / 25.63 dB on
 the mean of all seven domains, so 4 segments stay; `--calibration-pool 32` 26.09 dB,
-0.08 dB above 16 slices (about the float-rounding drift between runs) at twice
-the cost per volume, so the pool stays 16. In
+0.08 dB above 16 slices (about the float-rounding drift between runs) for twice
+the slices per likelihood evaluation, so the pool stays 16. In
 scratch runs, 8 and 16 segments reached a higher likelihood and a lower PSNR
 (exp: 32.11 and 31.28 dB mean over the 3 volumes vs 33.05 for 4), and in
 earlier versions 2 segments (31.16 dB) and 1 (26.89) were worse (README,
