@@ -94,12 +94,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error("--demo compares Source / HM / SSIMH / BlindHarmony; it takes no "
                          "--method (the learned baselines: python -m bh_jax.bench quality)")
         args.output_dir = args.output_dir or "out/demo"
-        args.solver = args.solver or DEMO_SOLVER
     elif args.demo_subjects is not None:
         parser.error("--demo-subjects is a --demo option")
     elif not args.inputs or not args.checkpoint or not args.output_dir:
         parser.error("INPUT..., --checkpoint and --output-dir are required (or use --demo)")
-    args.solver = args.solver or "latent"
+    args.solver = args.solver or (DEMO_SOLVER if args.demo else "latent")
     return args
 
 

@@ -54,7 +54,7 @@ def ceiling_warning(ceiling: float) -> str | None:
         return None
     return (f"the WM segmenter's Dice on the target-site images is only {ceiling:.4f}: it is "
             f"undertrained and Table 3 is meaningless (train it longer: --baseline-steps, "
-            f"default 1000)")
+            f"default {BaselineConfig('segmenter').steps})")
 
 
 def segmentation_ceiling(manifest: dict, data, segmenter, slice_stride: int) -> float:

@@ -29,18 +29,11 @@ from jax import lax
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
-def _same_padding(kernel_shape: Sequence[int]) -> tuple[tuple[int, int], ...]:
-    """XLA's 'SAME' padding of a stride-1 convolution, per spatial axis."""
-    return tuple(((k - 1) // 2, k // 2) for k in kernel_shape)
-
-
-def _explicit_padding(padding, kernel_shape: Sequence[int]) -> tuple[tuple[int, int], ...]:
+def _explicit_padding(padding, lhs_shape: Sequence[int],
+                      kernel_shape: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """(low, high) pads per spatial axis: 'SAME' / 'VALID' resolved by lax's own rule."""
     if isinstance(padding, str):
-        if padding.upper() == "SAME":
-            return _same_padding(kernel_shape)
-        if padding.upper() == "VALID":
-            return tuple((0, 0) for _ in kernel_shape)
-        raise ValueError(f"unsupported padding {padding!r}")
+        padding = lax.padtype_to_pads(lhs_shape[1:3], kernel_shape[:2], (1, 1), padding)
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
@@ -99,4 +92,4 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
         if spec != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DIMENSIONS):
             raise ValueError(f"conv_general_dilated supports {_DIMENSIONS} layouts only, "
                              f"got {dimension_numbers}")
-    return _conv_loop_friendly(lhs, rhs, _explicit_padding(padding, rhs.shape[:2]))
+    return _conv_loop_friendly(lhs, rhs, _explicit_padding(padding, lhs.shape, rhs.shape))
