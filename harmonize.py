@@ -21,9 +21,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 CHUNK_SUBJECTS = 8  # subjects whose slices are packed into the same batches
-# --demo's solver unless --solver is given: the best on the validation subjects'
-# mean over all seven source domains (README, "Intensity calibration").
-DEMO_SOLVER = "curve"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,11 +91,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error("--demo compares Source / HM / SSIMH / BlindHarmony; it takes no "
                          "--method (the learned baselines: python -m bh_jax.bench quality)")
         args.output_dir = args.output_dir or "out/demo"
+        if args.solver is None:
+            from bh_jax.harmonize.demo import DEMO_SOLVER
+            args.solver = DEMO_SOLVER
     elif args.demo_subjects is not None:
         parser.error("--demo-subjects is a --demo option")
     elif not args.inputs or not args.checkpoint or not args.output_dir:
         parser.error("INPUT..., --checkpoint and --output-dir are required (or use --demo)")
-    args.solver = args.solver or (DEMO_SOLVER if args.demo else "latent")
+    args.solver = args.solver or "latent"
     return args
 
 

@@ -22,6 +22,9 @@ from bh_jax.harmonize.solvers import SolverConfig
 # The paper's shifts, and a mild and a large simulated scanner gap (the other
 # sites: `python -m bh_jax.bench quality`); sized to finish in minutes on a CPU.
 DEMO_SITES = ("exp", "log", "gamma0.7", "siteA", "siteC")
+# The demo's solver unless told otherwise: the best on the validation subjects'
+# mean over all seven source domains (README, "Intensity calibration").
+DEMO_SOLVER = "curve"
 
 
 def _writer(method: VolumeMethod, output_dir: Path):
@@ -50,9 +53,8 @@ def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
       checkpoint: a training folder (default: the shipped `demo` checkpoint).
       subjects: how many held-out (test) subjects per source site (default:
         all of them; the first ones by name otherwise).
-      settings: BlindHarmony's solver (default: `harmonize.py`'s default,
-        `default_settings()`; `python harmonize.py --demo` passes the
-        `curve` solver's).
+      settings: BlindHarmony's solver (default: the `DEMO_SOLVER` solver's
+        defaults, as `python harmonize.py --demo`).
     """
     from bh_jax import pretrained
     from bh_jax.data.phantom import ensure_phantom
@@ -68,7 +70,7 @@ def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
                               flow.config.name, progress=progress)
     test_subjects = [s["subject"] for s in manifest["subjects"] if s["split"] == "test"]
     test_subjects = test_subjects[:subjects]
-    settings = settings or default_settings()
+    settings = settings or default_settings(DEMO_SOLVER)
     blindharmony = flow_method(flow, "blindharmony", settings, batch_size)
     methods = classical_methods(flow.reference)
     methods["BlindHarmony"] = as_evaluation(blindharmony, progress,

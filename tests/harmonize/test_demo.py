@@ -10,7 +10,7 @@ import pytest
 
 from bh_jax.harmonize import SolverConfig
 from bh_jax.evaluate import TYPICAL
-from bh_jax.harmonize.demo import DEMO_SITES, run_demo
+from bh_jax.harmonize.demo import DEMO_SITES, DEMO_SOLVER, run_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,7 @@ def test_demo_defaults_to_the_curve_solver_and_all_test_subjects():
     import harmonize
 
     args = harmonize.parse_args(["--demo"])
-    assert args.solver == harmonize.DEMO_SOLVER == "curve" and args.demo_subjects is None
+    assert args.solver == DEMO_SOLVER == "curve" and args.demo_subjects is None
     assert harmonize.parse_args(["--demo", "--solver", "latent"]).solver == "latent"
     assert harmonize.parse_args(["a.nii.gz", "--checkpoint", "c",
                                  "--output-dir", "o"]).solver == "latent"
