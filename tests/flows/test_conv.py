@@ -36,17 +36,14 @@ def test_values_and_gradients_equal_lax(kernel_shape, padding):
     for a, b in zip(ours, reference):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     # Batched per example (as the solvers vmap over slices), inside a scan.
-    def scanned(x):
-        def step(carry, _):
-            return carry - 0.1 * jax.grad(loss(_conv))(carry[None], kernel)[0], None
-        return jax.lax.scan(step, x, None, length=2)[0]
+    def scanned(conv):
+        def run(x):
+            def step(carry, _):
+                return carry - 0.1 * jax.grad(loss(conv))(carry[None], kernel)[0], None
+            return jax.lax.scan(step, x, None, length=2)[0]
+        return jax.vmap(run)
 
-    def scanned_reference(x):
-        def step(carry, _):
-            return carry - 0.1 * jax.grad(loss(_lax_conv))(carry[None], kernel)[0], None
-        return jax.lax.scan(step, x, None, length=2)[0]
-
-    np.testing.assert_allclose(jax.jit(jax.vmap(scanned))(x), jax.vmap(scanned_reference)(x),
+    np.testing.assert_allclose(jax.jit(scanned(_conv))(x), scanned(_lax_conv)(x),
                                rtol=1e-4, atol=1e-4)
 
 
