@@ -108,8 +108,9 @@ def _time_calibration(calibrator, images: np.ndarray, brains: np.ndarray,
 
 
 def bench_harmonize(preset: str, batch: int, steps: int | None, repeats: int,
-                    memory_only: bool = False) -> list[dict]:
-    """Slices/s and XLA's memory plan of each solver with its default settings.
+                    memory_only: bool = False, solvers: list[str] | None = None) -> list[dict]:
+    """Slices/s and XLA's memory plan of each solver (default: all, in `SOLVERS`'
+    order) with its default settings.
 
     Random weights: speed and memory only. `memory_only` skips the timing
     (one compilation per solver), to choose a batch size for a device.
@@ -122,7 +123,7 @@ def bench_harmonize(preset: str, batch: int, steps: int | None, repeats: int,
     images = np.asarray(x[..., 0])
     brains = np.ones_like(images, bool)
     rows = []
-    for solver in SOLVERS:
+    for solver in solvers or SOLVERS:
         settings = default_settings(solver)
         if steps:
             settings = replace(settings, steps=steps)
@@ -294,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     harm.add_argument("--memory-only", action="store_true",
                       help="report XLA's memory plan per batch size, without timing")
     harm.add_argument("--steps", type=int, help="override the solvers' default steps")
+    harm.add_argument("--solvers", nargs="+", choices=SOLVERS,
+                      help="time these, in this order (default: all)")
     for name, text in (("sweep", "solver settings on the validation subjects"),
                        ("quality", "the paper's tables on the test subjects"),
                        ("prior", "does the prior rank the truth above HM, and prefer the target's "
@@ -342,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_table([result]))
     elif args.command == "harmonize":
         result = [row for batch in args.batch_size for row in bench_harmonize(
-            args.preset, batch, args.steps, args.repeats, args.memory_only)]
+            args.preset, batch, args.steps, args.repeats, args.memory_only, args.solvers)]
         print(_table(result))
     elif args.command == "sweep":
         result = sweep(args.checkpoint, args.data_dir, args.batch_size, args.b2, args.alpha,

@@ -60,6 +60,13 @@ def test_bench_harmonize_times_every_solver_and_the_calibration(capsys):
             assert row["calibration_eval_s"] == ""
 
 
+def test_bench_harmonize_times_the_chosen_solvers_in_order(capsys):
+    assert main(["harmonize", "--preset", "tiny", "--batch-size", "8", "--memory-only",
+                 "--solvers", "curve", "latent"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[3].strip() for row in rows[1:]] == ["curve", "latent"]
+
+
 def test_calibration_grid_covers_every_combination():
     from argparse import Namespace
 
