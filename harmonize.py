@@ -130,6 +130,17 @@ def solver_settings(args: argparse.Namespace):
                             calibration=replace(base.calibration, **given) if given else None)
 
 
+def out_of_memory_exit(err, batch_size: int) -> int:
+    """Exit status 2 with one line if `err` is an out-of-memory error; else re-raises."""
+    from bh_jax.sharding import out_of_memory_message
+
+    message = out_of_memory_message(err, batch_size)
+    if message is None:
+        raise err
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import jax
@@ -148,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except jax.errors.JaxRuntimeError as err:
+        return out_of_memory_exit(err, args.batch_size)
     inputs = find_nifti(args.inputs)
     if not inputs:
         print(f"error: no NIfTI files (.nii, .nii.gz) in {' '.join(args.inputs)}",
@@ -171,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # settings the engine rejects (e.g. batch size)
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except jax.errors.JaxRuntimeError as err:
+        return out_of_memory_exit(err, args.batch_size)
     done = len(jobs) - len(failures)
     print(f"harmonized {done}, skipped {skipped}, failed {len(failures)} "
           f"in {time.perf_counter() - start:.1f} s -> {out_dir}")

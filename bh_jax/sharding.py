@@ -27,6 +27,23 @@ def check_batch_size(mesh: Mesh, batch_size: int) -> None:
                          f"devices ({mesh.size})")
 
 
+def out_of_memory_message(err: BaseException, batch_size: int) -> str | None:
+    """One line for the user if `err` is XLA failing to allocate memory for a
+    batch program (on any device, the CPU included), else None.
+
+    XLA reports it as a `JaxRuntimeError` when the result is first read, with
+    a traceback that does not say what to change.
+    """
+    text = str(err)
+    if not (isinstance(err, jax.errors.JaxRuntimeError)
+            and ("RESOURCE_EXHAUSTED" in text or "Out of memory" in text)):
+        return None
+    device = jax.devices()[0]
+    return (f"out of memory with batches of {batch_size} slices on {jax.device_count()} "
+            f"{device.platform} device(s); lower --batch-size (XLA: "
+            f"{text.strip().splitlines()[0]})")
+
+
 def replicate(mesh: Mesh, tree: Any) -> Any:
     """Puts every leaf of `tree` on every device of the mesh."""
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))

@@ -151,3 +151,32 @@ def test_cli_choices_match_the_library():
     assert tuple(choices["method"]) == ALL_METHODS
     assert tuple(choices["solver"]) == SOLVERS
     assert tuple(choices["init"]) == INITS
+
+
+def _raise(message):
+    import jax
+
+    def fail(*_, **__):
+        raise jax.errors.JaxRuntimeError(message)
+    return fail
+
+
+def test_out_of_memory_is_one_clear_line(trained, inputs, tmp_path, monkeypatch, capsys):
+    """XLA's allocation failure surfaces at the first read, as a traceback that does
+    not say what to change; the CLI turns it into one line and exit status 2."""
+    import jax
+
+    import harmonize
+    from bh_jax.harmonize import run
+
+    args = [str(inputs[0][0]), "--checkpoint", str(trained[0]), "--output-dir",
+            str(tmp_path / "out"), "--batch-size", "8", "--no-progress"]
+    monkeypatch.setattr(run, "run_jobs", _raise(
+        "RESOURCE_EXHAUSTED: Out of memory allocating 288046326656 bytes."))
+    assert harmonize.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory with batches of 8 slices") and err.count("\n") == 1
+    assert "lower --batch-size" in err and "288046326656 bytes" in err
+    monkeypatch.setattr(run, "run_jobs", _raise("INTERNAL: something else"))
+    with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
+        harmonize.main(args)

@@ -100,3 +100,22 @@ def test_cli_config_mismatch_on_resume(tmp_path, trained, tiny_phantom):
     assert result.returncode == 2
     assert str(workdir) in result.stderr and "different model" in result.stderr
     assert sorted(p.name for p in workdir.iterdir()) == before
+
+
+def test_cli_out_of_memory_is_one_clear_line(tmp_path, tiny_phantom, monkeypatch, capsys):
+    import bh_jax.train
+    import train as train_cli
+
+    def exhausted(*_, **__):
+        raise jax.errors.JaxRuntimeError(
+            "INTERNAL: Error dispatching computation: Out of memory allocating 166143099008 bytes.")
+
+    monkeypatch.setattr(bh_jax.train, "train", exhausted)
+    folder, _ = tiny_phantom
+    status = train_cli.main(["--data", "phantom", "--data-dir", str(folder), "--preset", "tiny",
+                             "--workdir", str(tmp_path / "w"), "--batch-size", "8",
+                             "--no-progress"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory with batches of 8 slices") and err.count("\n") == 1
+    assert "lower --batch-size" in err
