@@ -151,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     from bh_jax.harmonize.run import Job, load_method, output_path, run_jobs
     from bh_jax.input_pipeline import find_nifti
 
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        print(f"error: {args.output_dir}: exists and is not a folder (--output-dir)",
+              file=sys.stderr)
+        return 2
     try:
         settings = solver_settings(args)
         if args.demo:

@@ -117,7 +117,8 @@ def load_mask(path: str | os.PathLike, like: Volume) -> np.ndarray:
     """Loads a mask for `like` as bool [X, Y, Z] in canonical RAS order.
 
     Raises:
-      BadInputError: unreadable file, or a shape different from the image's.
+      BadInputError: unreadable file, a shape or affine different from the
+        image's, NaN/Inf voxels, or no voxel in the mask.
     """
     path = Path(path)
     image, data = _read_image(path)
@@ -129,6 +130,8 @@ def load_mask(path: str | os.PathLike, like: Volume) -> np.ndarray:
         raise BadInputError(path, "mask has NaN or Inf voxels")
     if not np.allclose(image.affine, like.affine, atol=1e-3):
         raise BadInputError(path, f"mask affine differs from the image's ({like.path})")
+    if not np.any(data > 0.5):
+        raise BadInputError(path, f"mask is empty (no voxel above 0.5) ({like.path})")
     return like.to_canonical(data > 0.5)
 
 

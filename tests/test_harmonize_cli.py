@@ -94,6 +94,12 @@ def test_clear_errors_for_missing_checkpoint_and_inputs(tmp_path, inputs, traine
     result = _harmonize(empty, "--checkpoint", trained[0], "--output-dir", tmp_path)
     assert result.returncode == 2 and "no NIfTI files" in result.stderr
     assert not list(tmp_path.glob("*harmonized*"))
+    not_a_folder = tmp_path / "out.txt"
+    not_a_folder.write_text("")
+    result = _harmonize(inputs[0][0], "--checkpoint", trained[0], "--output-dir", not_a_folder,
+                        "--method", "hm")
+    assert result.returncode == 2
+    assert result.stderr == f"error: {not_a_folder}: exists and is not a folder (--output-dir)\n"
 
 
 class _RecordingBar:

@@ -149,3 +149,12 @@ def test_mask_shape_mismatch(tmp_path):
         load_mask(mask, volume)
     assert str(info.value).startswith(str(mask))
     assert os.path.basename(volume.path) in str(info.value)
+
+
+def test_empty_mask_is_named(tmp_path):
+    data = blob_volume()
+    volume = load_volume(write(tmp_path / "img.nii.gz", data, np.eye(4)))
+    mask = write(tmp_path / "mask.nii.gz", np.zeros(data.shape, np.uint8), np.eye(4), np.uint8)
+    with pytest.raises(BadInputError, match="mask is empty") as info:
+        load_mask(mask, volume)
+    assert str(info.value).startswith(str(mask)) and "\n" not in str(info.value)

@@ -6,6 +6,7 @@ output is written atomically, and nothing is written for a failed subject.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -215,7 +216,8 @@ def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
                 write_result(job, result, method, output_scale, qc_png, timings, mask_source)
             except (OSError, ValueError) as err:
                 for partial in (job.output, job.report, job.figure):
-                    partial.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):  # e.g. the folder is not one
+                        partial.unlink(missing_ok=True)
                 failures.append((job.input, f"{job.output}: could not write ({err})"))
                 continue
             done += 1
