@@ -8,13 +8,14 @@ are put back in the file's ORIGINAL voxel order, affine and qform/sform
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import nibabel as nib
 import numpy as np
@@ -135,9 +136,30 @@ def load_mask(path: str | os.PathLike, like: Volume) -> np.ndarray:
     return like.to_canonical(data > 0.5)
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    suffix = ".nii.gz" if str(path).endswith(".nii.gz") else path.suffix
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file name beside `path`, moved onto `path` when the block ends.
+
+    Readers never see a partial file: the block writes the temporary file (its
+    name ends like `path`, so writers that choose the format by extension
+    work), and only a block that completes renames it into place; otherwise it
+    is removed. The file gets the permissions a plain `open()` would give
+    (0666 less the umask), not `mkstemp`'s owner-only 0600. Creates the folder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def save_like(path: str | os.PathLike, canonical: np.ndarray, like: Volume) -> Path:
@@ -165,31 +187,16 @@ def save_like(path: str | os.PathLike, canonical: np.ndarray, like: Volume) -> P
     image.set_qform(like.header.get_qform(), code=int(like.header["qform_code"]))
     image.set_sform(like.header.get_sform(), code=int(like.header["sform_code"]))
     image.header.set_slope_inter(np.nan, np.nan)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(image, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
-    """Writes JSON to a temporary file in the same folder and renames it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=_json_default)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Writes JSON atomically (`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default))
+    return Path(path)
 
 
 def _json_default(obj: Any) -> Any:
@@ -212,10 +219,8 @@ def new_figure(rows: int, cols: int, figsize: tuple[float, float]):
 
 
 def save_figure(figure, path: str | os.PathLike, dpi: int = 90) -> Path:
-    """Writes a matplotlib figure as PNG atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    """Writes a matplotlib figure as PNG atomically (`atomic_path`)."""
     figure.tight_layout()
-    figure.savefig(tmp, dpi=dpi)
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=dpi, format="png")
+    return Path(path)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import numpy as np
+
+from bh_jax.io import atomic_path
 
 N_QUANTILES = 1001
 N_AREA_BINS = 8
@@ -64,10 +65,9 @@ class TargetReference:
         return self.amplitudes[nearest]
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez(tmp, **{f.name: getattr(self, f.name) for f in fields(self)})
-        os.replace(tmp, path)
+        """Writes an .npz atomically (`bh_jax.io.atomic_path`)."""
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **{f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TargetReference":

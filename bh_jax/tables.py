@@ -11,7 +11,6 @@ Held-out test subjects only; nothing is tuned on them.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from bh_jax.evaluate import (TYPICAL, as_evaluation, classical_methods, evaluate
                              every_nth_slice, format_table, save_examples_png,
                              typical_contrast_method)
 from bh_jax.input_pipeline import prepare_entry, wm_slices
+from bh_jax.io import atomic_path, write_json_atomic
 
 SHIFTS = ("exp", "log", "gamma0.7", "gamma1.5")
 SCANNERS = ("siteA", "siteB", "siteC", "siteD")
@@ -120,7 +120,8 @@ def reproduce_tables(flow, manifest: dict, out: str | Path, settings, batch_size
               "checkpoint": flow.identity, "baselines": {k: str(v) for k, v in folders.items()},
               "settings": repr(settings), "slice_stride": slice_stride,
               "seconds": time.perf_counter() - start}
-    (out / "quality.md").write_text(markdown + "\n")
-    (out / "quality.json").write_text(json.dumps(record, indent=2) + "\n")
+    with atomic_path(out / "quality.md") as tmp:
+        tmp.write_text(markdown + "\n")
+    write_json_atomic(out / "quality.json", record)
     save_examples_png(examples, out / "quality.png")
     return {"markdown": markdown, **record}

@@ -1,12 +1,13 @@
 import gzip
 import os
+import stat
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from bh_jax.config import DataConfig
-from bh_jax.io import BadInputError, load_mask, load_volume, save_like
+from bh_jax.io import BadInputError, atomic_path, load_mask, load_volume, save_like
 from bh_jax.preprocess import prepare_volume, reassemble
 
 
@@ -98,6 +99,29 @@ def test_no_partial_file_when_write_fails(tmp_path):
     with pytest.raises(ValueError):
         save_like(tmp_path / "out.nii.gz", volume.data[:-1], volume)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz"]
+
+
+def test_atomic_path_all_or_nothing_with_plain_permissions(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert list((tmp_path / "sub").iterdir()) == []
+    old_umask = os.umask(0o027)
+    try:
+        with atomic_path(target) as tmp:
+            assert tmp.parent == target.parent and tmp.name.endswith(".json")
+            tmp.write_text("whole")
+    finally:
+        os.umask(old_umask)
+    assert target.read_text() == "whole" and len(list(target.parent.iterdir())) == 1
+    # What open() would give under that umask, not mkstemp's owner-only 0600.
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "whole", "a failed rewrite keeps the old file"
 
 
 # One clear error per kind of bad input, naming the file.

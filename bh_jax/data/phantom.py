@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from bh_jax.config import PhantomConfig, get_preset
 from bh_jax.data.shifts import apply_shift
-from bh_jax.io import new_figure, save_figure
+from bh_jax.io import new_figure, save_figure, write_json_atomic
 
 TARGET_SITE = "target"
 SHIFT_SITES = ("exp", "log", "gamma0.7", "gamma1.5")
@@ -315,7 +315,7 @@ def generate(out: str | Path, cfg: PhantomConfig, preset: str = "custom",
         "subjects": subjects,
         "images": images,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    write_json_atomic(out / MANIFEST, manifest)  # last: it marks the data set complete
     return manifest
 
 
