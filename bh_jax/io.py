@@ -89,11 +89,16 @@ def _read_image(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
         data = np.asarray(image.get_fdata(dtype=np.float32))
     except (EOFError, zlib.error, OSError, ValueError) as err:
         raise BadInputError(path, f"truncated or corrupt image data ({err})") from None
+    if data.ndim > 3 and all(n == 1 for n in data.shape[3:]):
+        data = data.reshape(data.shape[:3])  # converters often write [X, Y, Z, 1]
     return image, data
 
 
 def load_volume(path: str | os.PathLike) -> Volume:
     """Loads a 3D NIfTI volume as float32 in canonical RAS order.
+
+    A 4D file with one volume ([X, Y, Z, 1]) counts as 3D; `save_like` writes
+    its result with the same [X, Y, Z, 1] shape.
 
     Raises:
       BadInputError: missing, unreadable or truncated file, not 3D, NaN/Inf
@@ -180,6 +185,7 @@ def save_like(path: str | os.PathLike, canonical: np.ndarray, like: Volume) -> P
     if data.shape != tuple(like.header.get_data_shape()[:3]):
         raise ValueError(f"{path}: array shape {data.shape} does not match the input "
                          f"{like.header.get_data_shape()}")
+    data = data.reshape(like.header.get_data_shape())  # [X, Y, Z, 1] inputs stay 4D
     header = like.header.copy()
     header.set_data_dtype(np.float32)
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image

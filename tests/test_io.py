@@ -71,6 +71,20 @@ def test_round_trip_through_slices_is_exact(tmp_path):
     assert src.read_bytes() == before, "the input must not be modified"
 
 
+def test_single_volume_4d_file_is_3d_and_keeps_its_shape(tmp_path):
+    data = blob_volume()
+    affine = oblique_lps_affine()
+    src = write(tmp_path / "in.nii.gz", data[..., None], affine)
+    mask = write(tmp_path / "mask.nii.gz", (data > 0)[..., None].astype(np.uint8), affine, np.uint8)
+    volume = load_volume(src)
+    np.testing.assert_array_equal(volume.data, data[::-1, ::-1, :])
+    assert load_mask(mask, volume).shape == data.shape
+    back = nib.load(str(save_like(tmp_path / "out.nii.gz", volume.data, volume)))
+    assert back.shape == data.shape + (1,)
+    np.testing.assert_array_equal(back.get_fdata()[..., 0], data)
+    np.testing.assert_array_equal(back.affine, nib.load(str(src)).affine)
+
+
 def test_unit_scale_reassembly_is_identity(tmp_path):
     volume = load_volume(write(tmp_path / "in.nii", blob_volume(), np.eye(4)))
     prepared = prepare_volume(volume, DataConfig(height=40, width=40, min_brain_fraction=0.0))
