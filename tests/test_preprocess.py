@@ -62,3 +62,31 @@ def test_window_larger_and_smaller_than_volume_round_trip():
         assert (out == 50.0).sum() == prepared.slice_masks.sum() > 0
         np.testing.assert_array_equal(out[out != 50.0], data[out != 50.0])
         assert not (out[~prepared.mask] == 50.0).any()
+
+
+def test_brain_outside_window_is_counted_and_refused(tmp_path):
+    import nibabel as nib
+    import pytest
+
+    from bh_jax.input_pipeline import load_prepared
+    from bh_jax.io import BadInputError
+
+    data, _ = sphere_with_ventricle()
+    small = DataConfig(height=16, width=24, min_brain_fraction=0.0)
+    prepared = prepare_volume(_volume(data), small)
+    # Independently: brain voxels of the kept slices outside the window's rows and columns.
+    (x0, y0), kept = prepared.origin, prepared.mask[:, :, prepared.slice_indices]
+    inside = np.zeros_like(kept)
+    inside[max(x0, 0):x0 + 16, max(y0, 0):y0 + 24] = True
+    expected = (kept & ~inside).sum() / kept.sum()
+    assert 0.3 < expected < 1
+    assert prepared.brain_outside_window() == pytest.approx(expected)
+    assert prepare_volume(_volume(data), DataConfig(height=64, width=64)).brain_outside_window() == 0
+
+    path = tmp_path / "big.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.5, 1.5, 1])), str(path))
+    with pytest.raises(BadInputError, match=r"of the brain lies outside the model's 16x24 "
+                                            r"slice window \(voxels 1.5x1.5x1.5 mm\)") as info:
+        load_prepared(path, small)
+    assert str(info.value).startswith(str(path)) and f"{expected:.0%}" in str(info.value)
+    assert len(load_prepared(path, DataConfig(height=64, width=64)).slices) > 0
