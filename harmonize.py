@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.distributed:
         jax.distributed.initialize()
     from bh_jax.checkpoint import CheckpointError
-    from bh_jax.harmonize.run import Job, load_method, output_path, run_jobs
+    from bh_jax.harmonize.run import load_method, plan_jobs, run_jobs
     from bh_jax.input_pipeline import find_nifti
 
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
@@ -159,26 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         settings = solver_settings(args)
         if args.demo:
             return demo_main(args, settings)
+        inputs = find_nifti(args.inputs)
+        if not inputs:
+            raise ValueError(f"no NIfTI files (.nii, .nii.gz) in {' '.join(args.inputs)}")
+        jobs, skipped = plan_jobs(inputs, args.output_dir, args.overwrite)
         method = load_method(args.method, args.checkpoint, settings, args.batch_size)
     except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except jax.errors.JaxRuntimeError as err:
         return out_of_memory_exit(err, args.batch_size)
-    inputs = find_nifti(args.inputs)
-    if not inputs:
-        print(f"error: no NIfTI files (.nii, .nii.gz) in {' '.join(args.inputs)}",
-              file=sys.stderr)
-        return 2
-    out_dir = Path(args.output_dir)
-    jobs, skipped = [], 0
-    for path in inputs:
-        output = output_path(out_dir, path)
-        if output.exists() and not args.overwrite:
-            skipped += 1
-            continue
-        jobs.append(Job(path, output))
-    print(f"{len(inputs)} input(s): {len(jobs)} to harmonize, {skipped} already done; "
+    print(f"{len(inputs)} input(s): {len(jobs)} to harmonize, {len(skipped)} already done; "
           f"method {args.method}, {jax.device_count()} {jax.devices()[0].platform} device(s)")
     start = time.perf_counter()
     try:
@@ -191,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     except jax.errors.JaxRuntimeError as err:
         return out_of_memory_exit(err, args.batch_size)
     done = len(jobs) - len(failures)
-    print(f"harmonized {done}, skipped {skipped}, failed {len(failures)} "
-          f"in {time.perf_counter() - start:.1f} s -> {out_dir}")
+    print(f"harmonized {done}, skipped {len(skipped)}, failed {len(failures)} "
+          f"in {time.perf_counter() - start:.1f} s -> {args.output_dir}")
     for path, reason in failures:
         print(f"failed: {reason}", file=sys.stderr)
     return 1 if failures else 0

@@ -186,3 +186,27 @@ def test_out_of_memory_is_one_clear_line(trained, inputs, tmp_path, monkeypatch,
     monkeypatch.setattr(run, "run_jobs", _raise("INTERNAL: something else"))
     with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
         harmonize.main(args)
+
+
+def test_inputs_with_the_same_name_are_refused_not_overwritten(inputs, trained, tmp_path):
+    from bh_jax.harmonize.run import plan_jobs
+
+    good = inputs[0][0]
+    for site in ("site1", "site2"):
+        (tmp_path / site).mkdir()
+        (tmp_path / site / "sub.nii.gz").write_bytes(good.read_bytes())
+    clash = [tmp_path / "site1" / "sub.nii.gz", tmp_path / "site2" / "sub.nii.gz"]
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="2 inputs would write .*sub_harmonized.nii.gz"):
+        plan_jobs(clash, out)
+    result = _harmonize(*clash, "--checkpoint", trained[0], "--output-dir", out, "--method", "hm")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert str(clash[0]) in result.stderr and str(clash[1]) in result.stderr
+    assert not out.exists()
+    # Outputs already there are skipped (the resume rule), unless overwriting.
+    out.mkdir()
+    (out / "sub_harmonized.nii.gz").write_bytes(b"")
+    jobs, skipped = plan_jobs(clash[:1], out)
+    assert jobs == [] and skipped == clash[:1]
+    jobs, skipped = plan_jobs(clash[:1], out, overwrite=True)
+    assert [j.input for j in jobs] == clash[:1] and skipped == []

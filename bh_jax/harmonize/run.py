@@ -124,6 +124,27 @@ class Job:
         return self.output.with_name(self.output.name.replace(".nii.gz", ".png"))
 
 
+def plan_jobs(inputs: list[Path], output_dir: str | Path,
+              overwrite: bool = False) -> tuple[list[Job], list[Path]]:
+    """(jobs to run, inputs skipped because their output exists) for a run.
+
+    Raises:
+      ValueError: two inputs would write the same output (same file name in
+        different folders, or `x.nii` beside `x.nii.gz`), one line naming them.
+    """
+    by_output: dict[Path, list[Path]] = {}
+    for path in inputs:
+        by_output.setdefault(output_path(output_dir, path), []).append(Path(path))
+    for output, sources in by_output.items():
+        if len(sources) > 1:
+            raise ValueError(f"{len(sources)} inputs would write {output} "
+                             f"({', '.join(map(str, sources))}): harmonize them into "
+                             "different --output-dir folders")
+    jobs = [Job(src[0], out) for out, src in by_output.items() if overwrite or not out.exists()]
+    skipped = [src[0] for out, src in by_output.items() if not overwrite and out.exists()]
+    return jobs, skipped
+
+
 def save_qc_png(result: HarmonizedVolume, path: Path, n_slices: int = 3) -> None:
     """Source / harmonized / difference for a few evenly spaced slices."""
     n = len(result.slices)
