@@ -17,7 +17,7 @@ import numpy as np
 
 from bh_jax.config import Config, DataConfig
 from bh_jax.io import BadInputError, is_nifti_path, load_mask, load_volume, strip_nifti_suffix
-from bh_jax.preprocess import PreparedVolume, prepare_volume, window_slices
+from bh_jax.preprocess import PreparedVolume, negative_fraction, prepare_volume, window_slices
 
 
 @dataclass
@@ -67,13 +67,22 @@ def mask_for(image: Path, mask_dir: str | os.PathLike | None) -> Path | None:
 # Brain left out of the slice window that a volume may have (it stays as in the
 # input, unharmonized); the built-in data sets have under 0.3 %.
 MAX_BRAIN_OUTSIDE_WINDOW = 0.01
+# Clearly negative voxels a volume may have (`preprocess.negative_fraction`);
+# the built-in data sets have none.
+MAX_NEGATIVE_FRACTION = 0.01
 
 
 def load_prepared(path: Path, config: DataConfig, mask_path: Path | None = None,
                   min_size: int = 1) -> PreparedVolume:
-    """Loads and prepares one volume; BadInputError if it cannot be used (no
-    brain slice, or more than 1 % of the brain outside the slice window)."""
+    """Loads and prepares one volume; BadInputError if it cannot be used (signed
+    intensities, no brain slice, or more than 1 % of the brain outside the
+    slice window)."""
     volume = load_volume(path)
+    negative = negative_fraction(volume.data)
+    if negative > MAX_NEGATIVE_FRACTION:
+        raise BadInputError(path, f"{negative:.0%} of the non-zero voxels are negative: "
+                                  "expected MR magnitudes with a zero background, not "
+                                  "z-scored or mean-centred intensities")
     if min(volume.data.shape[:2]) < min_size:
         raise BadInputError(path, f"in-plane size {volume.data.shape[:2]} is smaller than "
                                   f"the model's minimum {min_size}x{min_size}")

@@ -90,3 +90,29 @@ def test_brain_outside_window_is_counted_and_refused(tmp_path):
         load_prepared(path, small)
     assert str(info.value).startswith(str(path)) and f"{expected:.0%}" in str(info.value)
     assert len(load_prepared(path, DataConfig(height=64, width=64)).slices) > 0
+
+
+def test_signed_intensities_are_refused_small_ringing_is_not(tmp_path):
+    import nibabel as nib
+    import pytest
+
+    from bh_jax.input_pipeline import load_prepared
+    from bh_jax.io import BadInputError
+    from bh_jax.preprocess import negative_fraction
+
+    data, radius = sphere_with_ventricle()
+    brain = radius < 0.8
+    ringing = data.copy()
+    ringing[(radius > 0.8) & (radius < 0.85)] = -2.0  # 2 % of the maximum: resampling
+    zscored = np.where(brain, (data - data[brain].mean()) / data[brain].std(), 0.0)
+    assert negative_fraction(data) == 0 and negative_fraction(ringing) == 0
+    expected = np.mean(zscored[zscored != 0] < -0.05 * np.percentile(zscored[zscored > 0], 99.5))
+    assert negative_fraction(zscored) == pytest.approx(expected) and expected > 0.01
+
+    config = DataConfig(height=64, width=64)
+    for name, array in (("ringing", ringing), ("zscored", zscored)):
+        nib.save(nib.Nifti1Image(array.astype(np.float32), np.eye(4)), str(tmp_path / f"{name}.nii"))
+    assert len(load_prepared(tmp_path / "ringing.nii", config).slices) > 0
+    with pytest.raises(BadInputError, match="non-zero voxels are negative") as info:
+        load_prepared(tmp_path / "zscored.nii", config)
+    assert str(info.value).startswith(str(tmp_path / "zscored.nii"))
