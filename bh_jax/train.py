@@ -96,8 +96,11 @@ def evaluate(eval_step: Callable, params: dict, data: SliceSet, batch_size: int,
 
 
 def check_resume(workdir: str | Path, config: Config) -> None:
-    """Raises CheckpointError if `workdir` holds a different model or slice size."""
+    """Raises CheckpointError if `workdir` is not a folder or holds a different
+    model or slice size."""
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise CheckpointError(f"{workdir}: exists and is not a folder (--workdir)")
     if not (workdir / "config.json").is_file():
         return
     saved = read_config(workdir)

@@ -102,6 +102,17 @@ def test_cli_config_mismatch_on_resume(tmp_path, trained, tiny_phantom):
     assert sorted(p.name for p in workdir.iterdir()) == before
 
 
+def test_check_resume_refuses_a_file_as_workdir(tmp_path, tiny_config):
+    from bh_jax.checkpoint import CheckpointError
+    from bh_jax.train import check_resume
+
+    not_a_folder = tmp_path / "w"
+    not_a_folder.write_text("")
+    with pytest.raises(CheckpointError, match=f"^{not_a_folder}: exists and is not a folder"):
+        check_resume(not_a_folder, tiny_config)
+    check_resume(tmp_path / "new", tiny_config)  # absent: a fresh run
+
+
 def test_cli_out_of_memory_is_one_clear_line(tmp_path, tiny_phantom, monkeypatch, capsys):
     import bh_jax.train
     import train as train_cli
