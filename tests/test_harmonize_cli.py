@@ -65,6 +65,8 @@ def test_batch_run_with_a_bad_subject_then_resume(trained, inputs, tmp_path):
         report = json.loads((out / f"{name}.json").read_text())
         assert report["checkpoint"]["step"] == trained[2]["best_step"]
         assert len(report["diagnostics"]["bpd_result"]) == len(report["slice_indices"]) > 0
+        assert report["voxel_mm"] == [float(z) for z in source.header.get_zooms()[:3]]
+        assert 0 <= report["brain_outside_window"] <= 0.01
         assert (out / f"{name}.png").is_file()
         assert path.read_bytes() == raw, "inputs must not be modified"
 

@@ -179,6 +179,8 @@ def write_result(job: Job, result: HarmonizedVolume, method: VolumeMethod, outpu
         "settings": asdict(method.settings) if method.settings else None,
         "checkpoint": method.identity, "mask": mask_source, "output_scale": output_scale,
         "intensity_high": prepared.scale.high, "slice_indices": prepared.slice_indices,
+        "voxel_mm": [float(z) for z in prepared.volume.header.get_zooms()[:3]],
+        "brain_outside_window": prepared.brain_outside_window(),  # left as in the input
         "timings": timings,
         "intensity_curve": result.curve.as_dict() if result.curve is not None else None,
         "diagnostics": {k: np.asarray(v).tolist() for k, v in result.diagnostics.items()},
