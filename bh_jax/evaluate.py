@@ -55,7 +55,7 @@ def target_reference(manifest: dict, config: DataConfig, split: str = "train") -
     if not prepared:
         raise ValueError(f"no target-site images in split {split!r}")
     slices = SliceSet.from_volumes(prepared)
-    return TargetReference.from_slices(slices.slices, slices.masks)
+    return TargetReference.from_slices(slices.slices, slices.masks, slices.voxel_mm)
 
 
 def classical_methods(reference: TargetReference) -> dict[str, Method]:

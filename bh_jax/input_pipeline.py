@@ -22,15 +22,18 @@ from bh_jax.preprocess import PreparedVolume, negative_fraction, prepare_volume,
 
 @dataclass
 class SliceSet:
-    """Slices [N, H, W] in [0, 1] and their brain masks [N, H, W]."""
+    """Slices [N, H, W] in [0, 1], their brain masks [N, H, W], and the median
+    voxel size [3] (canonical axes, mm) of the volumes they came from, if known."""
 
     slices: np.ndarray
     masks: np.ndarray
+    voxel_mm: np.ndarray | None = None
 
     @classmethod
     def from_volumes(cls, prepared: list[PreparedVolume]) -> "SliceSet":
         return cls(np.concatenate([p.slices for p in prepared]),
-                   np.concatenate([p.slice_masks for p in prepared]))
+                   np.concatenate([p.slice_masks for p in prepared]),
+                   np.median([p.volume.voxel_mm for p in prepared], axis=0))
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -70,6 +73,27 @@ MAX_BRAIN_OUTSIDE_WINDOW = 0.01
 # Clearly negative voxels a volume may have (`preprocess.negative_fraction`);
 # the built-in data sets have none.
 MAX_NEGATIVE_FRACTION = 0.01
+
+
+# In-plane voxel sizes further than this (relative) from those of the prior's
+# training volumes get a warning: the prior learned brains at that scale.
+RESOLUTION_TOLERANCE = 0.2
+
+
+def resolution_warning(voxel_mm: np.ndarray, trained_mm: np.ndarray | None) -> str | None:
+    """One line if a volume's in-plane voxel size differs from the training
+    volumes' by more than 20 % on either axis; None if not, or if unknown."""
+    if trained_mm is None or not np.all(np.isfinite(trained_mm[:2])):
+        return None
+    ratio = np.asarray(voxel_mm[:2], float) / np.asarray(trained_mm[:2], float)
+    if np.all(np.abs(ratio - 1.0) <= RESOLUTION_TOLERANCE):
+        return None
+
+    def size(mm):
+        return "x".join(f"{v:.3g}" for v in mm[:2])
+    return (f"in-plane voxel size {size(voxel_mm)} mm differs by more than 20 % from the "
+            f"prior's training volumes' {size(trained_mm)} mm: resample to it for a "
+            "reliable result")
 
 
 def load_prepared(path: Path, config: DataConfig, mask_path: Path | None = None,

@@ -65,6 +65,14 @@ class Volume:
     def _file_ornt(self) -> np.ndarray:
         return ornt.io_orientation(self.affine)
 
+    @property
+    def voxel_mm(self) -> np.ndarray:
+        """float [3]: voxel size along the canonical R, A, S axes of `data`."""
+        sizes = nib.affines.voxel_sizes(self.affine)
+        canonical = np.empty(3)
+        canonical[self._file_ornt[:, 0].astype(int)] = sizes
+        return canonical
+
     def to_canonical(self, array: np.ndarray) -> np.ndarray:
         """Reorders an array in the file's voxel order into RAS order."""
         return ornt.apply_orientation(array, ornt.ornt_transform(self._file_ornt, _RAS))

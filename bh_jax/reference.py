@@ -8,7 +8,7 @@ mean slice (a template). All come from the same training slices.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -33,16 +33,21 @@ class TargetReference:
       amplitudes: float32 [K, H, W], mean |FFT2| (unshifted) per area bin:
         a slice's spectrum is compared with target slices of similar size.
       mean_slice: float32 [H, W], mean slice (zero background included).
+      voxel_mm: float32 [3], the training volumes' median voxel size (canonical
+        R, A, S axes); NaN where unknown (references saved before it existed).
     """
 
     quantiles: np.ndarray
     areas: np.ndarray
     amplitudes: np.ndarray
     mean_slice: np.ndarray
+    voxel_mm: np.ndarray = field(default_factory=lambda: np.full(3, np.nan, np.float32))
 
     @classmethod
-    def from_slices(cls, slices: np.ndarray, masks: np.ndarray) -> "TargetReference":
-        """Builds the reference from [N, H, W] slices in [0, 1] and their masks."""
+    def from_slices(cls, slices: np.ndarray, masks: np.ndarray,
+                    voxel_mm: np.ndarray | None = None) -> "TargetReference":
+        """Builds the reference from [N, H, W] slices in [0, 1] and their masks
+        (and the voxel size they were cut at, if known)."""
         slices = np.asarray(slices, np.float32)
         values = slices[np.asarray(masks, bool)]
         if values.size == 0:
@@ -57,6 +62,8 @@ class TargetReference:
             areas=np.array([area[bins == b].mean() for b in used], np.float32),
             amplitudes=np.stack([amplitude[bins == b].mean(axis=0) for b in used]).astype(np.float32),
             mean_slice=slices.mean(axis=0),
+            voxel_mm=np.asarray(voxel_mm if voxel_mm is not None else np.full(3, np.nan),
+                                np.float32),
         )
 
     def amplitude_for(self, masks: np.ndarray) -> np.ndarray:
@@ -71,5 +78,5 @@ class TargetReference:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TargetReference":
-        with np.load(path) as archive:
-            return cls(**{f.name: archive[f.name] for f in fields(cls)})
+        with np.load(path) as archive:  # fields added later may be absent: defaults
+            return cls(**{f.name: archive[f.name] for f in fields(cls) if f.name in archive})

@@ -154,7 +154,8 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
     resuming = (workdir / "config.json").is_file()
     check_resume(workdir, config)
     save_config(workdir, config)
-    TargetReference.from_slices(train_set.slices, train_set.masks).save(workdir / REFERENCE_FILE)
+    TargetReference.from_slices(train_set.slices, train_set.masks,
+                                train_set.voxel_mm).save(workdir / REFERENCE_FILE)
 
     checkpoints = StateCheckpoints(workdir, tc.keep_last)
     history: list[dict] = []

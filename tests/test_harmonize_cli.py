@@ -67,6 +67,7 @@ def test_batch_run_with_a_bad_subject_then_resume(trained, inputs, tmp_path):
         assert len(report["diagnostics"]["bpd_result"]) == len(report["slice_indices"]) > 0
         assert report["voxel_mm"] == [float(z) for z in source.header.get_zooms()[:3]]
         assert 0 <= report["brain_outside_window"] <= 0.01
+        assert report["warnings"] == []  # the tiny prior's own voxel size
         assert (out / f"{name}.png").is_file()
         assert path.read_bytes() == raw, "inputs must not be modified"
 
@@ -212,3 +213,20 @@ def test_inputs_with_the_same_name_are_refused_not_overwritten(inputs, trained, 
     assert jobs == [] and skipped == clash[:1]
     jobs, skipped = plan_jobs(clash[:1], out, overwrite=True)
     assert [j.input for j in jobs] == clash[:1] and skipped == []
+
+
+def test_other_voxel_size_is_harmonized_with_a_warning(inputs, trained, tmp_path):
+    good = inputs[0][0]
+    image = nib.load(str(good))
+    half_size = image.affine @ np.diag([0.5, 0.5, 1, 1])  # the same voxels, labelled 3 mm
+    zoomed = nib.Nifti1Image(image.get_fdata().astype(np.float32), half_size)
+    path = tmp_path / "zoomed.nii.gz"
+    nib.save(zoomed, str(path))
+    result = _harmonize(path, "--checkpoint", trained[0], "--output-dir", tmp_path / "out",
+                        "--method", "hm")
+    assert result.returncode == 0, result.stderr
+    trained_mm = "x".join(f"{z:.3g}" for z in image.header.get_zooms()[:2])
+    assert f"warning: {path}: in-plane voxel size" in result.stderr
+    assert f"prior's training volumes' {trained_mm} mm" in result.stderr
+    report = json.loads((tmp_path / "out" / "zoomed_harmonized.json").read_text())
+    assert len(report["warnings"]) == 1 and "differs by more than 20 %" in report["warnings"][0]

@@ -196,3 +196,13 @@ def test_empty_mask_is_named(tmp_path):
     with pytest.raises(BadInputError, match="mask is empty") as info:
         load_mask(mask, volume)
     assert str(info.value).startswith(str(mask)) and "\n" not in str(info.value)
+
+
+def test_voxel_size_follows_the_canonical_axes(tmp_path):
+    # File axes i, j, k along A, S, R (a sagittal stack) with 1, 2, 3 mm voxels.
+    affine = np.zeros((4, 4))
+    affine[1, 0], affine[2, 1], affine[0, 2], affine[3, 3] = 1.0, 2.0, 3.0, 1.0
+    volume = load_volume(write(tmp_path / "sag.nii.gz", blob_volume(), affine))
+    assert nib.aff2axcodes(affine) == ("A", "S", "R")
+    np.testing.assert_allclose(volume.voxel_mm, [3.0, 1.0, 2.0])
+    assert volume.data.shape == (20, 30, 36)

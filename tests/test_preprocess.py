@@ -116,3 +116,32 @@ def test_signed_intensities_are_refused_small_ringing_is_not(tmp_path):
     with pytest.raises(BadInputError, match="non-zero voxels are negative") as info:
         load_prepared(tmp_path / "zscored.nii", config)
     assert str(info.value).startswith(str(tmp_path / "zscored.nii"))
+
+
+def test_target_reference_keeps_the_voxel_size_and_reads_older_files(tmp_path):
+    from bh_jax.reference import TargetReference
+
+    data, _ = sphere_with_ventricle()
+    prepared = prepare_volume(_volume(data), DataConfig(height=64, width=64))
+    reference = TargetReference.from_slices(prepared.slices, prepared.slice_masks,
+                                            np.array([1.0, 1.2, 1.5]))
+    reference.save(tmp_path / "reference.npz")
+    np.testing.assert_allclose(TargetReference.load(tmp_path / "reference.npz").voxel_mm,
+                               [1.0, 1.2, 1.5])
+    # A file written before voxel_mm existed loads with it unknown (NaN).
+    older = {k: v for k, v in np.load(tmp_path / "reference.npz").items() if k != "voxel_mm"}
+    np.savez(tmp_path / "older.npz", **older)
+    loaded = TargetReference.load(tmp_path / "older.npz")
+    assert np.isnan(loaded.voxel_mm).all()
+    np.testing.assert_array_equal(loaded.quantiles, reference.quantiles)
+
+
+def test_resolution_warning_beyond_20_percent_in_plane():
+    from bh_jax.input_pipeline import resolution_warning
+
+    trained = np.array([1.0, 1.0, 1.0])
+    assert resolution_warning(np.array([1.19, 0.81, 5.0]), trained) is None  # z is free
+    message = resolution_warning(np.array([1.0, 1.25, 1.0]), trained)
+    assert message.startswith("in-plane voxel size 1x1.25 mm differs by more than 20 %")
+    assert resolution_warning(np.array([3.0, 3.0, 3.0]), None) is None
+    assert resolution_warning(np.array([3.0, 3.0, 3.0]), np.full(3, np.nan)) is None

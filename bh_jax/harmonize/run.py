@@ -20,7 +20,7 @@ from bh_jax.config import DataConfig
 from bh_jax.harmonize.engine import Harmonizer
 from bh_jax.harmonize.pipeline import METHODS, HarmonizedVolume, classical, harmonize_volumes
 from bh_jax.harmonize.solvers import SolverConfig
-from bh_jax.input_pipeline import load_prepared, mask_for
+from bh_jax.input_pipeline import load_prepared, mask_for, resolution_warning
 from bh_jax.io import BadInputError, new_figure, save_figure, save_like, strip_nifti_suffix, write_json_atomic
 from bh_jax.preprocess import PreparedVolume, reassemble
 
@@ -39,6 +39,7 @@ class VolumeMethod:
       identity: the checkpoint it came from (written into every report).
       settings: solver settings (BlindHarmony only).
       harmonize: (volumes, progress bar or None) -> one result per volume.
+      voxel_mm: the training volumes' voxel size [3] (canonical axes, mm), if known.
     """
 
     name: str
@@ -47,6 +48,7 @@ class VolumeMethod:
     identity: dict[str, Any]
     settings: SolverConfig | None
     harmonize: Callable[[list[PreparedVolume], Any], list[HarmonizedVolume]]
+    voxel_mm: np.ndarray | None = None
 
 
 def _volume_by_volume(harmonize_one: Callable[[PreparedVolume], HarmonizedVolume]):
@@ -71,7 +73,8 @@ def flow_method(flow: LoadedFlow, name: str, settings: SolverConfig, batch_size:
     else:
         run = _volume_by_volume(lambda p: classical(name, p, flow.reference))
     return VolumeMethod(name, flow.config.data, 2 ** flow.config.flow.levels, flow.identity,
-                        settings if name == "blindharmony" else None, run)
+                        settings if name == "blindharmony" else None, run,
+                        flow.reference.voxel_mm)
 
 
 def baseline_method(baseline, batch_size: int) -> VolumeMethod:
@@ -180,6 +183,8 @@ def write_result(job: Job, result: HarmonizedVolume, method: VolumeMethod, outpu
         "checkpoint": method.identity, "mask": mask_source, "output_scale": output_scale,
         "intensity_high": prepared.scale.high, "slice_indices": prepared.slice_indices,
         "voxel_mm": [float(z) for z in prepared.volume.header.get_zooms()[:3]],
+        "warnings": [w for w in [resolution_warning(prepared.volume.voxel_mm,
+                                                    method.voxel_mm)] if w],
         "brain_outside_window": prepared.brain_outside_window(),  # left as in the input
         "timings": timings,
         "intensity_curve": result.curve.as_dict() if result.curve is not None else None,
@@ -221,6 +226,9 @@ def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
             except BadInputError as err:
                 failures.append((job.input, str(err)))
                 continue
+            warning = resolution_warning(prepared.volume.voxel_mm, method.voxel_mm)
+            if warning:
+                tqdm.write(f"warning: {job.input}: {warning}", file=sys.stderr)
             loaded.append((job, prepared, time.perf_counter() - start,
                            str(mask_path) if mask_path else "automatic"))
         slices_loaded += sum(len(p.slices) for _, p, _, _ in loaded)
