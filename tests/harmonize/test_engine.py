@@ -93,15 +93,6 @@ def test_image_solver_lowers_its_objective_under_the_exact_prior(flow, volumes):
     np.testing.assert_allclose(d["prior_end"], nll, rtol=1e-4, atol=1e-4)
 
 
-def test_cli_offers_every_solver():
-    import harmonize
-    from bh_jax.harmonize.solvers import SOLVERS
-
-    for solver in SOLVERS:
-        args = ["x.nii.gz", "--checkpoint", "c", "--output-dir", "o", "--solver", solver]
-        assert harmonize.parse_args(args).solver == solver
-
-
 def test_rejects_batch_not_divisible_by_devices(flow):
     with pytest.raises(ValueError, match="multiple of the number of devices"):
         Harmonizer(flow.model, flow.params, SolverConfig(), batch_size=6)
