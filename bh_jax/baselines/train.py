@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from bh_jax.baselines.learned import KINDS, BaselineConfig, train_baseline
 
@@ -36,9 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
+    import jax
+
     from bh_jax.config import get_preset
     from bh_jax.data.phantom import ensure_phantom
+    from bh_jax.sharding import out_of_memory_message
 
+    if Path(args.workdir).exists() and not Path(args.workdir).is_dir():
+        print(f"error: {args.workdir}: exists and is not a folder (--workdir)", file=sys.stderr)
+        return 2
     try:
         preset = get_preset(args.preset)
         config = BaselineConfig(**{f.name: getattr(args, f.name) for f in fields(BaselineConfig)})
@@ -48,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
                                  progress=not args.no_progress)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except jax.errors.JaxRuntimeError as err:
+        message = out_of_memory_message(err, args.batch_size)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     print(f"{config.kind} ({config.source if config.kind != 'segmenter' else 'target'}): "
           f"loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}; saved in "
