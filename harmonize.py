@@ -130,17 +130,6 @@ def solver_settings(args: argparse.Namespace):
                             calibration=replace(base.calibration, **given) if given else None)
 
 
-def out_of_memory_exit(err, batch_size: int) -> int:
-    """Exit status 2 with one line if `err` is an out-of-memory error; else re-raises."""
-    from bh_jax.sharding import out_of_memory_message
-
-    message = out_of_memory_message(err, batch_size)
-    if message is None:
-        raise err
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import jax
@@ -150,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from bh_jax.checkpoint import CheckpointError
     from bh_jax.harmonize.run import load_method, plan_jobs, run_jobs
     from bh_jax.input_pipeline import find_nifti
+    from bh_jax.sharding import out_of_memory_exit
 
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         print(f"error: {args.output_dir}: exists and is not a folder (--output-dir)",

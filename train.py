@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from bh_jax.evaluate import preferred_contrast
     from bh_jax.input_pipeline import folder_slices, phantom_slices
     from bh_jax.io import BadInputError
-    from bh_jax.sharding import out_of_memory_message
+    from bh_jax.sharding import out_of_memory_exit
     from bh_jax.train import check_resume, train
 
     try:
@@ -71,11 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except jax.errors.JaxRuntimeError as err:
-        message = out_of_memory_message(err, config.train.batch_size)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return out_of_memory_exit(err, config.train.batch_size)
     best = metrics["best_val_bpd"]
     print(f"step {metrics['step']}: best validation {best:.4f} bits/dim at step "
           f"{metrics['best_step']}; samples in {Path(args.workdir) / 'samples.png'}")

@@ -7,6 +7,7 @@ every process then holds the rows of the global batch that its devices own.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import jax
@@ -42,6 +43,16 @@ def out_of_memory_message(err: BaseException, batch_size: int) -> str | None:
     return (f"out of memory with batches of {batch_size} slices on {jax.device_count()} "
             f"{device.platform} device(s); lower --batch-size (XLA: "
             f"{text.strip().splitlines()[0]})")
+
+
+def out_of_memory_exit(err: BaseException, batch_size: int) -> int:
+    """For the command lines: prints `out_of_memory_message` as one `error:` line
+    on stderr and returns exit status 2; re-raises any other error."""
+    message = out_of_memory_message(err, batch_size)
+    if message is None:
+        raise err
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def replicate(mesh: Mesh, tree: Any) -> Any:

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bh_jax.config import get_preset
     from bh_jax.data.phantom import ensure_phantom
-    from bh_jax.sharding import out_of_memory_message
+    from bh_jax.sharding import out_of_memory_exit
 
     if Path(args.workdir).exists() and not Path(args.workdir).is_dir():
         print(f"error: {args.workdir}: exists and is not a folder (--workdir)", file=sys.stderr)
@@ -57,11 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except jax.errors.JaxRuntimeError as err:
-        message = out_of_memory_message(err, args.batch_size)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return out_of_memory_exit(err, args.batch_size)
     print(f"{config.kind} ({config.source if config.kind != 'segmenter' else 'target'}): "
           f"loss {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}; saved in "
           f"{args.workdir}")
