@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration-pool", type=int,
                         help="init 'calibrated': slices per volume the curve is fitted on "
                              "(default 16; a multiple of the device count)")
+    parser.add_argument("--shared-curve", action="store_true",
+                        help="init 'calibrated': fit ONE intensity curve on all the inputs "
+                             "together (up to 32 of them) instead of one per volume; for "
+                             "scans of one scanner and protocol (run each site separately)")
     parser.add_argument("--batch-size", type=int, default=16,
                         help="slices per compiled batch (a multiple of the device count)")
     parser.add_argument("--output-scale", default="input", choices=["input", "unit"],
@@ -92,8 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "--method (the learned baselines: python -m bh_jax.bench quality)")
         args.output_dir = args.output_dir or "out/demo"
         if args.solver is None:
-            from bh_jax.harmonize.demo import DEMO_SOLVER
+            from bh_jax.harmonize.demo import DEMO_SHARED_CURVE, DEMO_SOLVER
             args.solver = DEMO_SOLVER
+            args.shared_curve = args.shared_curve or DEMO_SHARED_CURVE
     elif args.demo_subjects is not None:
         parser.error("--demo-subjects is a --demo option")
     elif not args.inputs or not args.checkpoint or not args.output_dir:
@@ -125,6 +130,8 @@ def solver_settings(args: argparse.Namespace):
                          for k, v in asdict(base.weights).items()})
     given = {k: getattr(args, f"calibration_{k}") for k in ("steps", "pool")
              if getattr(args, f"calibration_{k}") is not None}
+    if args.shared_curve:
+        given["shared"] = True
     return default_settings(args.solver, weights=weights, steps=args.steps,
                             learning_rate=args.learning_rate, init=args.init,
                             calibration=replace(base.calibration, **given) if given else None)
@@ -137,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.distributed:
         jax.distributed.initialize()
     from bh_jax.checkpoint import CheckpointError
-    from bh_jax.harmonize.run import load_method, plan_jobs, run_jobs
+    from bh_jax.harmonize.run import (SHARED_CURVE_VOLUMES, load_method, plan_jobs, run_jobs,
+                                      shared_curve_for_run)
     from bh_jax.input_pipeline import find_nifti
     from bh_jax.sharding import out_of_memory_exit
 
@@ -163,9 +171,14 @@ def main(argv: list[str] | None = None) -> int:
           f"method {args.method}, {jax.device_count()} {jax.devices()[0].platform} device(s)")
     start = time.perf_counter()
     try:
+        curve = None
+        if jobs and method.fit_curve is not None:
+            print(f"fitting one intensity curve on {min(len(inputs), SHARED_CURVE_VOLUMES)} of "
+                  f"the {len(inputs)} input(s) (--shared-curve) ...", flush=True)
+            curve = shared_curve_for_run(method, inputs, args.mask_dir)
         failures = run_jobs(jobs, method, args.output_scale, mask_dir=args.mask_dir,
                             qc_png=args.qc_png, chunk=CHUNK_SUBJECTS,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, curve=curve)
     except ValueError as err:  # settings the engine rejects (e.g. batch size)
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -160,15 +160,17 @@ SWEEP_SITES = ["exp", "log", "gamma0.7", "siteA", "siteB", "siteC", "siteD"]
 def quality(checkpoint: str, data_dir: str | None, out: str, batch: int, quick: bool = False,
             slice_stride: int = 1, baseline_steps: int | None = None, solver: str = "latent",
             init: str | None = None, sites: list[str] | None = None,
-            **baselines) -> dict:
+            shared_curve: bool = False, **baselines) -> dict:
     """The paper's tables on the test subjects' `sites` (default all; `bh_jax.tables`),
-    BlindHarmony with `solver`'s default settings (and `init`, if given); --quick: a
-    tiny run."""
+    BlindHarmony with `solver`'s default settings (and `init`, if given; with
+    `shared_curve`, one intensity curve per site); --quick: a tiny run."""
+    from bh_jax.harmonize.calibration import CalibrationConfig
     from bh_jax.harmonize.defaults import default_settings
     from bh_jax.tables import QUICK, reproduce_tables
 
     flow, manifest = _evaluation(checkpoint, data_dir)
-    settings = default_settings(solver, init=init)
+    settings = default_settings(solver, init=init, calibration=CalibrationConfig(shared=True)
+                                if shared_curve else None)
     if quick:
         settings = replace(settings, steps=QUICK["solver_steps"])
         baseline_steps = QUICK["baseline_steps"]
@@ -265,7 +267,7 @@ def _calibration_grid(args) -> list:
 
     default = CalibrationConfig()
     grids = {"segments": args.calibration_segments, "pool": args.calibration_pool,
-             "steps": args.calibration_steps}
+             "steps": args.calibration_steps, "shared": [True] if args.shared_curve else None}
     if all(values is None for values in grids.values()):
         return [None]
     axes = {k: v if v is not None else [getattr(default, k)] for k, v in grids.items()}
@@ -313,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         sub.choices[name].add_argument("--init", choices=INITS,
                                        help="the solver's starting image (default: the "
                                             "solver's default)")
+        sub.choices[name].add_argument("--shared-curve", action="store_true",
+                                       help="init 'calibrated': one intensity curve per "
+                                            "source site (fitted on its subjects together)")
     qu = sub.choices["quality"]
     qu.add_argument("--out", required=True, help="tables (md, json) and figure go here")
     qu.add_argument("--quick", action="store_true", help="tiny run (the test suite's)")
@@ -365,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                          args.slice_stride, unet=args.unet, cyclegan=args.cyclegan,
                          segmenter=args.segmenter, source=args.source,
                          baseline_steps=args.baseline_steps, solver=args.solver,
-                         init=args.init, sites=args.sites)
+                         init=args.init, sites=args.sites, shared_curve=args.shared_curve)
         print(f"Test subjects, checkpoint {result['checkpoint']['workdir']} step "
               f"{result['checkpoint']['step']}, {result['machine']}, "
               f"{result['seconds']:.0f} s:\n")

@@ -122,7 +122,8 @@ def evaluate_methods(manifest: dict, config: DataConfig, methods: dict[str, Meth
     filled with {site: {method or "Truth": [H, W]}}: the middle slice of the
     site's first subject. With `segment`, the white-matter Dice of its
     segmentation of each output against the subject's WM labels is added
-    (one value per volume).
+    (one value per volume). Each method is called once per source site, with
+    that site's volumes: the volumes it harmonizes together.
 
     Returns:
       {site: {method: {"psnr": dB, "ssim": value, "slices": count}}} (+ "dice"
@@ -142,12 +143,19 @@ def evaluate_methods(manifest: dict, config: DataConfig, methods: dict[str, Meth
             if segment is not None:
                 labels[entry["subject"]] = wm_slices(truth, entry["wm"])
     sources = [every_nth_slice(prepare_entry(e, config), slice_stride) for e in entries]
+    # A method sees one source site's volumes at a time, as a user harmonizes
+    # one site's scans together (a shared intensity curve is then one per site).
+    by_site = [[i for i, e in enumerate(entries) if e["site"] == site] for site in sites]
     scores: dict[str, dict[str, dict[str, list]]] = {
         s: {m: {"psnr": [], "ssim": []} for m in methods} for s in sites}
     for name, method in methods.items():
         if progress:
             print(f"evaluate: {name} on {len(sources)} volumes", flush=True)
-        for entry, output in zip(entries, method(sources), strict=True):
+        outputs = [None] * len(entries)
+        for group in filter(None, by_site):
+            for i, output in zip(group, method([sources[i] for i in group]), strict=True):
+                outputs[i] = output
+        for entry, output in zip(entries, outputs, strict=True):
             truth = truths[entry["subject"]]
             if examples is not None:  # the first subject of each site
                 middle = len(truth.slices) // 2

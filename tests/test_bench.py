@@ -73,8 +73,11 @@ def test_calibration_grid_covers_every_combination():
     from bh_jax.bench import _calibration_grid
 
     grid = _calibration_grid(Namespace(calibration_segments=[3, 5], calibration_pool=None,
-                                       calibration_steps=[10, 20]))
-    assert [(c.segments, c.pool, c.steps) for c in grid] == [
-        (3, 16, 10), (3, 16, 20), (5, 16, 10), (5, 16, 20)]
+                                       calibration_steps=[10, 20], shared_curve=False))
+    assert [(c.segments, c.pool, c.steps, c.shared) for c in grid] == [
+        (3, 16, 10, False), (3, 16, 20, False), (5, 16, 10, False), (5, 16, 20, False)]
     assert _calibration_grid(Namespace(calibration_segments=None, calibration_pool=None,
-                                       calibration_steps=None)) == [None]
+                                       calibration_steps=None, shared_curve=False)) == [None]
+    shared = _calibration_grid(Namespace(calibration_segments=None, calibration_pool=None,
+                                         calibration_steps=None, shared_curve=True))
+    assert [(c.segments, c.shared) for c in shared] == [(4, True)]

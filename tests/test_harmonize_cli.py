@@ -230,3 +230,45 @@ def test_other_voxel_size_is_harmonized_with_a_warning(inputs, trained, tmp_path
     assert f"prior's training volumes' {trained_mm} mm" in result.stderr
     report = json.loads((tmp_path / "out" / "zoomed_harmonized.json").read_text())
     assert len(report["warnings"]) == 1 and "differs by more than 20 %" in report["warnings"][0]
+
+
+def test_shared_curve_is_one_per_run_and_the_same_on_resume(trained, tiny_phantom, tmp_path):
+    _, manifest = tiny_phantom
+    paths = [Path(e["path"]) for e in manifest["images"] if e["site"] == "exp"]
+    out = tmp_path / "out"
+    args = [*paths, "--checkpoint", trained[0], "--output-dir", out, "--solver", "curve",
+            "--shared-curve", "--calibration-steps", "2", "--calibration-pool", "8",
+            "--batch-size", "8"]
+    first = _harmonize(*args)
+    assert first.returncode == 0, first.stderr
+    n = len(paths)
+    assert f"fitting one intensity curve on {n} of the {n} input(s)" in first.stdout
+
+    def curves():
+        return [json.loads(p.read_text())["intensity_curve"] for p in sorted(out.glob("*.json"))]
+
+    before = curves()
+    assert len(before) == n and all(c == before[0] for c in before)
+    assert json.loads(next(out.glob("*.json")).read_text())["settings"]["calibration"]["shared"]
+    # A resumed run fits on all the inputs again (done ones too): the same curve.
+    (out / Path(paths[0]).name.replace(".nii.gz", "_harmonized.json")).unlink()
+    (out / Path(paths[0]).name.replace(".nii.gz", "_harmonized.nii.gz")).unlink()
+    again = _harmonize(*args)
+    assert again.returncode == 0 and "1 to harmonize" in again.stdout
+    assert curves() == before
+
+
+def test_evaluation_gives_a_method_one_site_at_a_time(tiny_phantom, tiny_config):
+    from bh_jax.evaluate import evaluate_methods
+
+    _, manifest = tiny_phantom
+    calls = []
+
+    def identity(volumes):
+        calls.append(sorted({Path(v.volume.path).name.split("_site-")[1] for v in volumes}))
+        return [v.slices for v in volumes]
+
+    sites = ["exp", "siteA", "log"]
+    results = evaluate_methods(manifest, tiny_config.data, {"identity": identity}, sites=sites)
+    assert list(results) == sites
+    assert calls == [["exp_T1w.nii.gz"], ["siteA_T1w.nii.gz"], ["log_T1w.nii.gz"]]

@@ -51,12 +51,18 @@ class CalibrationConfig:
       pool: slices of each volume the curve is fitted on (evenly spaced among
         those with at least half the largest brain area; a fixed number, so
         one compiled program serves volumes of any length).
+      shared: one curve for all the volumes harmonized together, fitted on
+        their slices pooled (`Calibrator.shared_curve`), instead of one per
+        volume: for scans of one scanner and protocol, whose intensity map is
+        the same for every subject. The pooled fit cannot absorb a subject's
+        own tissue contrast into the map, so that contrast survives.
     """
 
     # Chosen on the validation subjects (`bh_jax.harmonize.defaults`).
     segments: int = 4
     steps: int = 30
     pool: int = 16
+    shared: bool = False
 
     def __post_init__(self):
         for name in ("segments", "steps", "pool"):
@@ -199,3 +205,13 @@ class Calibrator:
         if not (np.all(np.isfinite(values)) and np.all(np.isfinite(history))):
             return IntensityCurve(knots, start, fitted=False), history
         return IntensityCurve(knots, values), history
+
+    def shared_curve(self, volumes: list[tuple[np.ndarray, np.ndarray]],
+                     reference: TargetReference) -> tuple[IntensityCurve, np.ndarray]:
+        """One maximum-likelihood curve for several volumes of one scanner and
+        protocol: `curve` of their (slices, masks) stacked, so the knots are the
+        pooled in-brain quantiles and the pool is spread evenly over the volumes."""
+        if not volumes:
+            raise ValueError("a shared intensity curve needs at least one volume")
+        return self.curve(np.concatenate([np.asarray(s) for s, _ in volumes]),
+                          np.concatenate([np.asarray(m, bool) for _, m in volumes]), reference)

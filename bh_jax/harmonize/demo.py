@@ -10,6 +10,7 @@ against the same subjects' target-site images.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from bh_jax.checkpoint import load_flow
@@ -23,8 +24,20 @@ from bh_jax.harmonize.solvers import SolverConfig
 # sites: `python -m bh_jax.bench quality`); sized to finish in minutes on a CPU.
 DEMO_SITES = ("exp", "log", "gamma0.7", "siteA", "siteC")
 # The demo's solver unless told otherwise: the best on the validation subjects'
-# mean over all seven source domains (README, "Intensity calibration").
+# mean over all seven source domains (README, "Intensity calibration"), with
+# one intensity curve per source site (`CalibrationConfig.shared`; README, "One
+# curve per site"): the demo harmonizes each site's subjects together.
 DEMO_SOLVER = "curve"
+DEMO_SHARED_CURVE = True
+
+
+def demo_settings() -> SolverConfig:
+    """The demo's default solver settings (`harmonize.py --demo` without --solver)."""
+    from bh_jax.harmonize.defaults import default_settings
+
+    settings = default_settings(DEMO_SOLVER)
+    return replace(settings, calibration=replace(settings.calibration,
+                                                 shared=DEMO_SHARED_CURVE))
 
 
 def _writer(method: VolumeMethod, output_dir: Path):
@@ -53,12 +66,12 @@ def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
       checkpoint: a training folder (default: the shipped `demo` checkpoint).
       subjects: how many held-out (test) subjects per source site (default:
         all of them; the first ones by name otherwise).
-      settings: BlindHarmony's solver (default: the `DEMO_SOLVER` solver's
-        defaults, as `python harmonize.py --demo`).
+      settings: BlindHarmony's solver (default: `demo_settings()`, as
+        `python harmonize.py --demo`). Each source site's subjects are
+        harmonized together (`evaluate_methods`): a shared curve is one per site.
     """
     from bh_jax import pretrained
     from bh_jax.data.phantom import ensure_phantom
-    from bh_jax.harmonize.defaults import default_settings
 
     if subjects is not None and subjects < 1:
         raise ValueError(f"the demo needs at least 1 subject per site, got {subjects}")
@@ -70,7 +83,7 @@ def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
                               flow.config.name, progress=progress)
     test_subjects = [s["subject"] for s in manifest["subjects"] if s["split"] == "test"]
     test_subjects = test_subjects[:subjects]
-    settings = settings or default_settings(DEMO_SOLVER)
+    settings = settings or demo_settings()
     blindharmony = flow_method(flow, "blindharmony", settings, batch_size)
     methods = classical_methods(flow.reference)
     methods["BlindHarmony"] = as_evaluation(blindharmony, progress,

@@ -32,15 +32,17 @@ class HarmonizedVolume:
 
 
 def initial_images(prepared: PreparedVolume, reference: TargetReference, init: str,
-                   calibrator: Calibrator | None = None
+                   calibrator: Calibrator | None = None, curve: IntensityCurve | None = None
                    ) -> tuple[np.ndarray, IntensityCurve | None]:
     """(x_init [N, H, W], intensity curve or None) for the solver: 'calibrated'
-    (needs `calibrator`), 'hm', 'template' or 'source'."""
+    (the given `curve`, else the volume's own fit: needs `calibrator`), 'hm',
+    'template' or 'source'."""
     slices, masks = prepared.slices, prepared.slice_masks
     if init == "calibrated":
-        if calibrator is None:
-            raise ValueError("init 'calibrated' needs a Calibrator")
-        curve, _ = calibrator.curve(slices, masks, reference)
+        if curve is None:
+            if calibrator is None:
+                raise ValueError("init 'calibrated' needs a Calibrator")
+            curve, _ = calibrator.curve(slices, masks, reference)
         return curve(slices, masks), curve
     if init == "hm":
         return histogram_match(slices, masks, reference), None
@@ -63,7 +65,8 @@ def curve_fit_status(done: int, total: int, seconds: float, first: float) -> str
 
 def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
                       reference: TargetReference, progress=None,
-                      weights: Weights | None = None) -> list[HarmonizedVolume]:
+                      weights: Weights | None = None, curve: IntensityCurve | None = None
+                      ) -> list[HarmonizedVolume]:
     """Harmonizes several volumes with BlindHarmony, their slices packed together.
 
     Args:
@@ -73,21 +76,29 @@ def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
       progress: optional tqdm-like bar, advanced by slices.
       weights: b1, b2, alpha (default: the harmonizer's settings); changing
         them does not recompile.
+      curve: init 'calibrated': the intensity curve of every volume (e.g. a
+        whole run's `Calibrator.shared_curve`). Default: with
+        `calibration.shared`, one curve fitted on `prepared` together; else
+        one per volume.
     """
     if not prepared:
         return []
     init = harmonizer.settings.init
+    if curve is None and init == "calibrated" and harmonizer.settings.calibration.shared:
+        curve, _ = harmonizer.calibrator.shared_curve(
+            [(p.slices, p.slice_masks) for p in prepared], reference)
     sources = np.concatenate([p.slices for p in prepared])
     brains = np.concatenate([p.slice_masks for p in prepared])
     # Curve fits (seconds each on a 2-core CPU, the first also compiles) come
     # before the first batch: say so, with the time left, rather than sit at 0 %.
-    report = harmonizer.calibrator is not None and hasattr(progress, "set_postfix_str")
+    report = (harmonizer.calibrator is not None and curve is None
+              and hasattr(progress, "set_postfix_str"))
     starts, began, first = [], time.perf_counter(), 0.0
     for i, p in enumerate(prepared):
         if report:
             progress.set_postfix_str(curve_fit_status(i, len(prepared),
                                                       time.perf_counter() - began, first))
-        starts.append(initial_images(p, reference, init, harmonizer.calibrator))
+        starts.append(initial_images(p, reference, init, harmonizer.calibrator, curve))
         if i == 0:
             first = time.perf_counter() - began
     if report:

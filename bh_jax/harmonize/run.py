@@ -17,6 +17,7 @@ import numpy as np
 
 from bh_jax.checkpoint import LoadedFlow, load_flow
 from bh_jax.config import DataConfig
+from bh_jax.harmonize.calibration import IntensityCurve
 from bh_jax.harmonize.engine import Harmonizer
 from bh_jax.harmonize.pipeline import METHODS, HarmonizedVolume, classical, harmonize_volumes
 from bh_jax.harmonize.solvers import SolverConfig
@@ -40,6 +41,8 @@ class VolumeMethod:
       settings: solver settings (BlindHarmony only).
       harmonize: (volumes, progress bar or None) -> one result per volume.
       voxel_mm: the training volumes' voxel size [3] (canonical axes, mm), if known.
+      fit_curve: volumes -> their shared intensity curve, for a method whose
+        `harmonize` takes one (`curve=`; BlindHarmony with `calibration.shared`).
     """
 
     name: str
@@ -47,13 +50,14 @@ class VolumeMethod:
     min_size: int
     identity: dict[str, Any]
     settings: SolverConfig | None
-    harmonize: Callable[[list[PreparedVolume], Any], list[HarmonizedVolume]]
+    harmonize: Callable[..., list[HarmonizedVolume]]  # (volumes, bar, curve=None)
     voxel_mm: np.ndarray | None = None
+    fit_curve: Callable[[list[PreparedVolume]], IntensityCurve] | None = None
 
 
 def _volume_by_volume(harmonize_one: Callable[[PreparedVolume], HarmonizedVolume]):
     """`VolumeMethod.harmonize` for a method that takes one volume at a time."""
-    def run(volumes, bar):
+    def run(volumes, bar, curve=None):  # no intensity curve in these methods
         results = [harmonize_one(p) for p in volumes]
         if bar is not None:
             bar.update(sum(len(p.slices) for p in volumes))
@@ -65,16 +69,23 @@ def _volume_by_volume(harmonize_one: Callable[[PreparedVolume], HarmonizedVolume
 def flow_method(flow: LoadedFlow, name: str, settings: SolverConfig, batch_size: int,
                 devices=None) -> VolumeMethod:
     """BlindHarmony with a trained prior, or HM / SSIMH to its target reference."""
+    fit_curve = None
     if name == "blindharmony":
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size, devices)
 
-        def run(volumes, bar):
-            return harmonize_volumes(harmonizer, volumes, flow.reference, bar)
+        def run(volumes, bar, curve=None):
+            return harmonize_volumes(harmonizer, volumes, flow.reference, bar, curve=curve)
+
+        if settings.init == "calibrated" and settings.calibration.shared:
+            def shared_curve(volumes):
+                return harmonizer.calibrator.shared_curve(
+                    [(p.slices, p.slice_masks) for p in volumes], flow.reference)[0]
+            fit_curve = shared_curve
     else:
         run = _volume_by_volume(lambda p: classical(name, p, flow.reference))
     return VolumeMethod(name, flow.config.data, 2 ** flow.config.flow.levels, flow.identity,
                         settings if name == "blindharmony" else None, run,
-                        flow.reference.voxel_mm)
+                        flow.reference.voxel_mm, fit_curve)
 
 
 def baseline_method(baseline, batch_size: int) -> VolumeMethod:
@@ -148,6 +159,31 @@ def plan_jobs(inputs: list[Path], output_dir: str | Path,
     return jobs, skipped
 
 
+# At most this many inputs feed a run's shared intensity curve (memory: they are
+# all loaded at once).
+SHARED_CURVE_VOLUMES = 32
+
+
+def shared_curve_for_run(method: VolumeMethod, inputs: list[Path],
+                         mask_dir: str | Path | None = None) -> IntensityCurve | None:
+    """A run's one intensity curve if `method` shares one (`VolumeMethod.fit_curve`),
+    else None. Fitted on up to `SHARED_CURVE_VOLUMES` of `inputs`, evenly spaced;
+    pass all of a run's inputs, done ones included, so that a resumed run uses
+    the same curve. Inputs that cannot be loaded are left out (`run_jobs`
+    reports them)."""
+    if method.fit_curve is None or not inputs:
+        return None
+    picks = np.unique(np.linspace(0, len(inputs) - 1, SHARED_CURVE_VOLUMES).round().astype(int))
+    volumes = []
+    for path in (inputs[i] for i in picks):
+        try:
+            volumes.append(load_prepared(path, method.data, mask_for(path, mask_dir),
+                                         method.min_size))
+        except BadInputError:
+            continue
+    return method.fit_curve(volumes) if volumes else None
+
+
 def save_qc_png(result: HarmonizedVolume, path: Path, n_slices: int = 3) -> None:
     """Source / harmonized / difference for a few evenly spaced slices."""
     n = len(result.slices)
@@ -201,11 +237,13 @@ def estimated_slices(slices_loaded: int, subjects_loaded: int, subjects_left: in
 
 def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
              mask_dir=None, qc_png: bool = False, chunk: int = 8,
-             progress: bool = True) -> list[tuple[Path, str]]:
+             progress: bool = True, curve: IntensityCurve | None = None
+             ) -> list[tuple[Path, str]]:
     """Harmonizes every job; returns [(input, reason)] for those that failed.
 
     Subjects are loaded `chunk` at a time; the progress bar's total (hence its
-    ETA) is the whole run's, estimated until the last chunk is loaded.
+    ETA) is the whole run's, estimated until the last chunk is loaded. `curve`:
+    the run's shared intensity curve (`shared_curve_for_run`), if any.
     """
     from tqdm.auto import tqdm
 
@@ -237,7 +275,7 @@ def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
                                      max(len(jobs) - first - chunk, 0))
         bar.refresh()
         start = time.perf_counter()
-        results = method.harmonize([p for _, p, _, _ in loaded], bar)
+        results = method.harmonize([p for _, p, _, _ in loaded], bar, curve=curve)
         seconds = time.perf_counter() - start
         n_slices = max(sum(len(r.slices) for r in results), 1)
         for (job, _, load_s, mask_source), result in zip(loaded, results):

@@ -132,6 +132,39 @@ def test_curve_solver_returns_the_calibrated_volume(flow, volumes):
             assert np.median(d["ncc_end"]) > 0.9 and not d["failed"].any()
 
 
+def test_shared_curve_is_one_fit_on_the_volumes_together(flow, volumes):
+    config = CalibrationConfig(steps=5, pool=8)
+    calibrator = Calibrator(flow.model, flow.params, config, devices=jax.devices()[:1])
+    shared, _ = calibrator.shared_curve([(v.slices, v.slice_masks) for v in volumes],
+                                        flow.reference)
+    stacked, _ = calibrator.curve(np.concatenate([v.slices for v in volumes]),
+                                  np.concatenate([v.slice_masks for v in volumes]),
+                                  flow.reference)
+    np.testing.assert_array_equal(shared.knots, stacked.knots)
+    np.testing.assert_array_equal(shared.values, stacked.values)
+    # The knots are the pooled quantiles, not any one volume's.
+    pooled = np.concatenate([v.slices[v.slice_masks] for v in volumes])
+    np.testing.assert_allclose(shared.knots, np.quantile(pooled, np.linspace(0, 1, 5)),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="at least one volume"):
+        calibrator.shared_curve([], flow.reference)
+
+    settings = SolverConfig(solver="curve", init="calibrated",
+                            calibration=CalibrationConfig(steps=5, pool=8, shared=True))
+    harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=8,
+                            devices=jax.devices()[:1])
+    results = harmonize_volumes(harmonizer, volumes, flow.reference)
+    for result, volume in zip(results, volumes):
+        np.testing.assert_array_equal(result.curve.values, shared.values)
+        np.testing.assert_allclose(result.slices, shared(volume.slices, volume.slice_masks),
+                                   atol=1e-6)
+    # A given curve is used as it is (a run's shared curve, fitted once).
+    given = IntensityCurve(np.array([0.0, 1.0]), np.array([0.1, 0.9]))
+    results = harmonize_volumes(harmonizer, volumes[:1], flow.reference, curve=given)
+    assert results[0].curve is given
+    assert harmonizer.calibrator.compilations == 1
+
+
 def test_sharded_fit_equals_the_one_device_fit(flow, volumes):
     """Same losses and curve on 8 simulated devices as on one. (Early steps only:
     later, L-BFGS's curvature estimate turns the sums' different rounding into
@@ -167,6 +200,15 @@ def test_cli_settings_keep_the_calibration_config():
                                  "--calibration-steps", "40"])  # latent starts from HM
     with pytest.raises(ValueError, match="init 'calibrated' only, not 'hm'"):
         harmonize.solver_settings(args)
+    args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
+                                 "--solver", "curve", "--shared-curve"])
+    assert harmonize.solver_settings(args).calibration.shared
+    args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
+                                 "--shared-curve"])
+    with pytest.raises(ValueError, match="init 'calibrated' only, not 'hm'"):
+        harmonize.solver_settings(args)
+    # The demo: one curve per site unless another solver is asked for.
+    assert harmonize.solver_settings(harmonize.parse_args(["--demo"])).calibration.shared
 
 
 def test_calibration_config_is_checked():
