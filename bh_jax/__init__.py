@@ -13,12 +13,13 @@ from bh_jax import pretrained
 from bh_jax.checkpoint import load_flow
 from bh_jax.config import Config, get_preset
 from bh_jax.flows.model import FlowModel
-from bh_jax.harmonize import Harmonizer, SolverConfig, Weights, harmonize_volume, harmonize_volumes
+from bh_jax.harmonize import (CalibrationConfig, Harmonizer, SolverConfig, Weights,
+                              harmonize_volume, harmonize_volumes)
 from bh_jax.io import load_volume, save_like
 from bh_jax.preprocess import prepare_volume, reassemble
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "FlowModel", "Harmonizer", "SolverConfig", "Weights", "get_preset",
-           "harmonize_volume", "harmonize_volumes", "load_flow", "load_volume",
+__all__ = ["CalibrationConfig", "Config", "FlowModel", "Harmonizer", "SolverConfig", "Weights",
+           "get_preset", "harmonize_volume", "harmonize_volumes", "load_flow", "load_volume",
            "prepare_volume", "pretrained", "reassemble", "save_like"]

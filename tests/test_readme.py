@@ -36,6 +36,7 @@ def test_python_api_block_runs(trained, tiny_phantom, tmp_path, monkeypatch):
         assert result.slices.shape == prepared.slices.shape
         assert np.all(np.isfinite(result.slices))
     assert names["curved"].curve is not None
+    assert names["shared"][0].curve is not None and len(names["shared"]) == len(names["site_scans"])
     np.testing.assert_allclose(names["x"], prepared.slices[..., None], atol=1e-4)
     h, w = config.data.height, config.data.width
     assert names["samples"].shape == (4, h, w, 1)
