@@ -112,9 +112,11 @@ def demo_main(args: argparse.Namespace, settings) -> int:
 
     result = run_demo(args.output_dir, args.data_dir, args.checkpoint, args.demo_subjects,
                   settings, args.batch_size, progress=not args.no_progress)
+    shared = settings.init == "calibrated" and settings.calibration.shared
     print(f"In-mask PSNR (dB) / SSIM against the target-site truth, mean over the slices "
           f"of {result['subjects']} held-out subject(s) per site; BlindHarmony with the "
-          f"{settings.solver!r} solver, checkpoint {result['checkpoint']['workdir']}:")
+          f"{settings.solver!r} solver{', one intensity curve per site' if shared else ''}, "
+          f"checkpoint {result['checkpoint']['workdir']}:")
     print(result["table"])
     print(f"{len(result['outputs'])} harmonized volumes and {result['figure']} in "
           f"{args.output_dir}; {result['seconds']:.0f} s")
