@@ -39,7 +39,8 @@ class VolumeMethod:
       min_size: smallest image side the method accepts.
       identity: the checkpoint it came from (written into every report).
       settings: solver settings (BlindHarmony only).
-      harmonize: (volumes, progress bar or None) -> one result per volume.
+      harmonize: (volumes, progress bar or None, curve=None) -> one result per
+        volume; `curve`, a shared intensity curve, only matters to BlindHarmony.
       voxel_mm: the training volumes' voxel size [3] (canonical axes, mm), if known.
       fit_curve: volumes -> their shared intensity curve, for a method whose
         `harmonize` takes one (`curve=`; BlindHarmony with `calibration.shared`).
@@ -50,7 +51,7 @@ class VolumeMethod:
     min_size: int
     identity: dict[str, Any]
     settings: SolverConfig | None
-    harmonize: Callable[..., list[HarmonizedVolume]]  # (volumes, bar, curve=None)
+    harmonize: Callable[..., list[HarmonizedVolume]]
     voxel_mm: np.ndarray | None = None
     fit_curve: Callable[[list[PreparedVolume]], IntensityCurve] | None = None
 
