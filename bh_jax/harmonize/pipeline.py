@@ -63,6 +63,14 @@ def curve_fit_status(done: int, total: int, seconds: float, first: float) -> str
                      else f", about {left:.0f} s left")
 
 
+def shared_curve(harmonizer: Harmonizer, prepared: list[PreparedVolume],
+                 reference: TargetReference) -> IntensityCurve:
+    """One intensity curve for all of `prepared` (`Calibrator.shared_curve`; the
+    harmonizer's init must be 'calibrated')."""
+    return harmonizer.calibrator.shared_curve(
+        [(p.slices, p.slice_masks) for p in prepared], reference)[0]
+
+
 def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
                       reference: TargetReference, progress=None,
                       weights: Weights | None = None, curve: IntensityCurve | None = None
@@ -85,8 +93,7 @@ def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
         return []
     init = harmonizer.settings.init
     if curve is None and init == "calibrated" and harmonizer.settings.calibration.shared:
-        curve, _ = harmonizer.calibrator.shared_curve(
-            [(p.slices, p.slice_masks) for p in prepared], reference)
+        curve = shared_curve(harmonizer, prepared, reference)
     sources = np.concatenate([p.slices for p in prepared])
     brains = np.concatenate([p.slice_masks for p in prepared])
     # Curve fits (seconds each on a 2-core CPU, the first also compiles) come

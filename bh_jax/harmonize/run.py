@@ -10,6 +10,7 @@ import contextlib
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +20,8 @@ from bh_jax.checkpoint import LoadedFlow, load_flow
 from bh_jax.config import DataConfig
 from bh_jax.harmonize.calibration import IntensityCurve
 from bh_jax.harmonize.engine import Harmonizer
-from bh_jax.harmonize.pipeline import METHODS, HarmonizedVolume, classical, harmonize_volumes
+from bh_jax.harmonize.pipeline import (METHODS, HarmonizedVolume, classical, harmonize_volumes,
+                                       shared_curve)
 from bh_jax.harmonize.solvers import SolverConfig
 from bh_jax.input_pipeline import load_prepared, mask_for, resolution_warning
 from bh_jax.io import BadInputError, new_figure, save_figure, save_like, strip_nifti_suffix, write_json_atomic
@@ -78,10 +80,7 @@ def flow_method(flow: LoadedFlow, name: str, settings: SolverConfig, batch_size:
             return harmonize_volumes(harmonizer, volumes, flow.reference, bar, curve=curve)
 
         if settings.init == "calibrated" and settings.calibration.shared:
-            def shared_curve(volumes):
-                return harmonizer.calibrator.shared_curve(
-                    [(p.slices, p.slice_masks) for p in volumes], flow.reference)[0]
-            fit_curve = shared_curve
+            fit_curve = partial(shared_curve, harmonizer, reference=flow.reference)
     else:
         run = _volume_by_volume(lambda p: classical(name, p, flow.reference))
     return VolumeMethod(name, flow.config.data, 2 ** flow.config.flow.levels, flow.identity,
@@ -285,9 +284,9 @@ def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
             try:
                 write_result(job, result, method, output_scale, qc_png, timings, mask_source)
             except (OSError, ValueError) as err:
-                for partial in (job.output, job.report, job.figure):
+                for leftover in (job.output, job.report, job.figure):
                     with contextlib.suppress(OSError):  # e.g. the folder is not one
-                        partial.unlink(missing_ok=True)
+                        leftover.unlink(missing_ok=True)
                 failures.append((job.input, f"{job.output}: could not write ({err})"))
                 continue
             done += 1
