@@ -180,6 +180,26 @@ class Calibrator:
             return theta, history
 
         self._fit = jax.jit(fit)
+        self._value_and_grad = jax.jit(jax.value_and_grad(
+            lambda params, theta, sources, brains, knots: negative_log_likelihood(
+                model, params, theta, sources, brains, knots), argnums=1))
+
+    def _placed(self, slices: np.ndarray, masks: np.ndarray, knots: np.ndarray) -> tuple:
+        """The fit's inputs on the mesh: the pool's slices and masks sharded, knots replicated."""
+        pool = pool_slices(masks, self.config.pool)
+        return (shard_batch(self.mesh, np.asarray(slices, np.float32)[pool]),
+                shard_batch(self.mesh, np.asarray(masks, bool)[pool]),
+                replicate(self.mesh, jnp.asarray(knots, jnp.float32)))
+
+    def likelihood(self, theta: np.ndarray, slices: np.ndarray, masks: np.ndarray,
+                   knots: np.ndarray) -> tuple[float, np.ndarray]:
+        """(-log p_source in bits/dim, its gradient [S + 1]) at curve parameters
+        `theta`, over the same pool of `slices` and with the same placement on
+        the devices as the fit uses."""
+        value, grad = self._value_and_grad(
+            self.params, replicate(self.mesh, jnp.asarray(theta, jnp.float32)),
+            *self._placed(slices, masks, knots))
+        return float(value), np.asarray(grad)
 
     def curve(self, slices: np.ndarray, masks: np.ndarray,
               reference: TargetReference) -> tuple[IntensityCurve, np.ndarray]:
@@ -194,12 +214,9 @@ class Calibrator:
         knots = source_knots(slices, masks, segments)
         levels = np.linspace(0.0, 1.0, len(reference.quantiles))
         start = np.interp(np.linspace(0.0, 1.0, segments + 1), levels, reference.quantiles)
-        pool = pool_slices(masks, self.config.pool)
         theta, history = self._fit(
             self.params, replicate(self.mesh, jnp.asarray(curve_parameters(start))),
-            shard_batch(self.mesh, np.asarray(slices, np.float32)[pool]),
-            shard_batch(self.mesh, masks[pool]),
-            replicate(self.mesh, jnp.asarray(knots, jnp.float32)))
+            *self._placed(slices, masks, knots))
         history = np.asarray(history)
         values = np.asarray(curve_values(theta), np.float64)
         if not (np.all(np.isfinite(values)) and np.all(np.isfinite(history))):
