@@ -1,25 +1,52 @@
 """bh_jax: BlindHarmony, blind MR harmonization with normalizing flows, in JAX.
 
-    from bh_jax import FlowModel, Harmonizer, SolverConfig, load_flow, harmonize_volume
+    import bh_jax
+    flow = bh_jax.load_flow(bh_jax.pretrained.path("demo"))
 
-The package follows the data: `io` and `preprocess` (files -> slices),
-`data` (the built-in data set), `flows` (the prior), `train` (fitting it),
-`harmonize` (the engine), `baselines` (classical and learned), `metrics`,
-`evaluate` and `tables`, `bench`; `pretrained` holds the shipped checkpoints.
+The package follows the data, each layer importing only the ones before it:
+`config`, `io`, `batching`, `sharding`, `metrics` -> `preprocess`, `reference`,
+`inputs` (scans in) -> `data` (the built-in data set) -> `flows` (the prior)
+-> `training` (fitting it; `pretrained` holds the shipped checkpoints) ->
+`baselines` -> `harmonize` (the engine) -> `experiments` (evaluation, tables,
+benchmarks, the demo) -> `cli` (the command lines). docs/development.md has the
+layout; a test checks the import graph.
+
+The names below are loaded on first use, so that importing a small module
+(or asking a command for --help) does not load the whole stack.
 """
 
 from bh_jax import _xla_workarounds  # noqa: F401  (must run before jax starts a backend)
-from bh_jax import pretrained
-from bh_jax.checkpoint import load_flow
-from bh_jax.config import Config, get_preset
-from bh_jax.flows.model import FlowModel
-from bh_jax.harmonize import (CalibrationConfig, Harmonizer, SolverConfig, Weights,
-                              harmonize_volume, harmonize_volumes)
-from bh_jax.io import load_volume, save_like
-from bh_jax.preprocess import prepare_volume, reassemble
+from bh_jax.version import __version__  # noqa: F401  (re-exported)
 
-__version__ = "0.1.0"
+_PUBLIC = {
+    "Config": "bh_jax.config", "get_preset": "bh_jax.config",
+    "load_volume": "bh_jax.io", "save_like": "bh_jax.io",
+    "prepare_volume": "bh_jax.preprocess", "reassemble": "bh_jax.preprocess",
+    "FlowModel": "bh_jax.flows.model",
+    "load_flow": "bh_jax.training.checkpoint",
+    "CalibrationConfig": "bh_jax.harmonize.settings", "SolverConfig": "bh_jax.harmonize.settings",
+    "Weights": "bh_jax.harmonize.settings", "default_settings": "bh_jax.harmonize.settings",
+    "Harmonizer": "bh_jax.harmonize.engine",
+    "harmonize_volume": "bh_jax.harmonize.pipeline",
+    "harmonize_volumes": "bh_jax.harmonize.pipeline",
+}
+_SUBMODULES = ("pretrained",)
 
-__all__ = ["CalibrationConfig", "Config", "FlowModel", "Harmonizer", "SolverConfig", "Weights",
-           "get_preset", "harmonize_volume", "harmonize_volumes", "load_flow", "load_volume",
-           "prepare_volume", "pretrained", "reassemble", "save_like"]
+__all__ = sorted([*_PUBLIC, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"bh_jax.{name}")
+    else:
+        raise AttributeError(f"module 'bh_jax' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,7 +1,11 @@
-"""Shared fixtures: the tiny built-in data set, generated once per test session."""
+"""Shared fixtures: the tiny built-in data set, a tiny trained flow and the three
+learned baselines, each built once per test run and shared by the xdist workers."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 
 # Tests run on the CPU, with 8 simulated devices for the sharding tests.
@@ -11,7 +15,35 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 
 from bh_jax.config import get_preset  # noqa: E402
-from bh_jax.data import phantom  # noqa: E402
+
+
+def pytest_sessionstart(session):
+    """One persistent XLA compilation cache for the whole run, shared by the xdist
+    workers and the command lines the tests start: many tests compile the same
+    tiny programs. It starts empty with every run (pytest's temporary folder)."""
+    root = session.config._tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(root / "jax-cache"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+@contextlib.contextmanager
+def shared_folder(tmp_path_factory, name: str):
+    """(folder, must_build): a folder shared by this run's xdist workers. The first
+    worker to ask builds it while the others wait on a file lock; later ones reuse it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield folder, not done.exists()
+            done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
@@ -22,14 +54,16 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_phantom(tmp_path_factory, tiny_config):
     """(folder, manifest) of the tiny built-in data set."""
-    folder = tmp_path_factory.mktemp("phantom")
-    manifest = phantom.ensure_phantom(folder, tiny_config.phantom, "tiny", progress=False)
+    from bh_jax.data.phantom import ensure_phantom
+
+    with shared_folder(tmp_path_factory, "phantom") as (folder, _):
+        manifest = ensure_phantom(folder, tiny_config.phantom, "tiny", progress=False)
     return folder, manifest
 
 
 @pytest.fixture(scope="session")
 def tiny_slices(tiny_phantom, tiny_config):
-    from bh_jax.input_pipeline import phantom_slices
+    from bh_jax.training.input_pipeline import phantom_slices
 
     folder, _ = tiny_phantom
     return phantom_slices(tiny_config, folder, progress=False)
@@ -40,9 +74,27 @@ def trained(tmp_path_factory, tiny_config, tiny_slices):
     """(workdir, config, metrics) of a tiny flow trained for a few hundred steps."""
     import jax
 
-    from bh_jax.train import train
+    from bh_jax.training.train import train
 
-    workdir = tmp_path_factory.mktemp("trained")
     config = tiny_config.replace(train={"steps": 240, "eval_every": 80})
-    metrics = train(config, workdir, *tiny_slices, progress=False, devices=jax.devices()[:1])
-    return workdir, config, metrics
+    with shared_folder(tmp_path_factory, "trained") as (workdir, build):
+        if build:
+            train(config, workdir, *tiny_slices, progress=False, devices=jax.devices()[:1])
+    return workdir, config, json.loads((workdir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def baselines(tiny_phantom, tiny_config, tmp_path_factory):
+    """{kind: (folder, config, metrics)} of the three learned baselines."""
+    from bh_jax.baselines.learned import BaselineConfig, train_baseline
+
+    _, manifest = tiny_phantom
+    out = {}
+    with shared_folder(tmp_path_factory, "baselines") as (root, build):
+        for kind in ("unet", "cyclegan", "segmenter"):
+            config = BaselineConfig(kind, features=8, steps=50, batch_size=8)
+            if build:
+                train_baseline(config, tiny_config.data, manifest, root / kind, progress=False)
+            out[kind] = (root / kind, config,
+                         json.loads((root / kind / "metrics.json").read_text()))
+    return out

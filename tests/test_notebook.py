@@ -4,13 +4,17 @@ import re
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
+
+pytestmark = pytest.mark.slow  # notebook
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore.ipynb"
 
 
-def test_explore_notebook_runs(tiny_phantom, monkeypatch):
+def test_explore_notebook_runs(tiny_phantom, trained, monkeypatch):
     folder, _ = tiny_phantom
+    monkeypatch.setenv("BH_NOTEBOOK_CHECKPOINT", str(trained[0]))
     monkeypatch.setenv("BH_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("BH_NOTEBOOK_DATA", str(folder))
     notebook = nbformat.read(NOTEBOOK, as_version=4)

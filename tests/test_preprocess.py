@@ -2,7 +2,12 @@ import numpy as np
 
 from bh_jax.config import DataConfig
 from bh_jax.io import Volume
-from bh_jax.preprocess import IntensityScale, auto_brain_mask, prepare_volume, reassemble
+from bh_jax.preprocess import (
+    IntensityScale,
+    auto_brain_mask,
+    prepare_volume,
+    reassemble,
+)
 
 
 def sphere_with_ventricle(shape=(40, 48, 24)):
@@ -68,7 +73,7 @@ def test_brain_outside_window_is_counted_and_refused(tmp_path):
     import nibabel as nib
     import pytest
 
-    from bh_jax.input_pipeline import load_prepared
+    from bh_jax.inputs import load_prepared
     from bh_jax.io import BadInputError
 
     data, _ = sphere_with_ventricle()
@@ -96,7 +101,7 @@ def test_signed_intensities_are_refused_small_ringing_is_not(tmp_path):
     import nibabel as nib
     import pytest
 
-    from bh_jax.input_pipeline import load_prepared
+    from bh_jax.inputs import load_prepared
     from bh_jax.io import BadInputError
     from bh_jax.preprocess import negative_fraction
 
@@ -137,7 +142,7 @@ def test_target_reference_keeps_the_voxel_size_and_reads_older_files(tmp_path):
 
 
 def test_resolution_warning_beyond_20_percent_in_plane():
-    from bh_jax.input_pipeline import resolution_warning
+    from bh_jax.inputs import resolution_warning
 
     trained = np.array([1.0, 1.0, 1.0])
     assert resolution_warning(np.array([1.19, 0.81, 5.0]), trained) is None  # z is free

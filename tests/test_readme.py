@@ -5,6 +5,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # documentation
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,2 @@
-"""Baselines: histogram matching (HM) and spectrum swapping (SSIMH)."""
-
-from bh_jax.baselines.hm import histogram_match
-from bh_jax.baselines.ssimh import spectrum_swap
-
-__all__ = ["histogram_match", "spectrum_swap"]
+"""Baselines: classical (`hm`, `ssimh`) and learned (`learned`: U-net, CycleGAN,
+the white-matter segmenter of the paper's Table 3)."""

@@ -29,10 +29,9 @@ import optax
 import orbax.checkpoint as ocp
 
 from bh_jax.baselines.networks import PatchDiscriminator, UNet
+from bh_jax.batching import batch_indices, fixed_batches
 from bh_jax.config import DataConfig
-from bh_jax.data.phantom import select
-from bh_jax.input_pipeline import (batch_indices, fixed_batches, prepare_entry, target_volumes,
-                                   wm_slices)
+from bh_jax.data.manifest import prepare_entry, select, target_volumes, wm_slices
 from bh_jax.io import write_json_atomic
 
 KINDS = ("unet", "cyclegan", "segmenter")

@@ -16,15 +16,11 @@ probability maps; CSF = brain mask - GM - WM):
 For every source image, the same subject at the target site is the ground
 truth. Everything is deterministic given the seed.
 
-    python -m bh_jax.data.phantom --out DIR [--preset tiny|demo|reference] [--report]
+    bh-phantom --out DIR [--preset tiny|demo|reference] [--report]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
@@ -34,13 +30,14 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from bh_jax.config import PhantomConfig, get_preset
+from bh_jax.config import PhantomConfig
+from bh_jax.data.manifest import MANIFEST, load_manifest
 from bh_jax.data.shifts import apply_shift
-from bh_jax.io import new_figure, save_figure, write_json_atomic
+from bh_jax.figures import new_figure, save_figure
+from bh_jax.io import write_json_atomic
 
 TARGET_SITE = "target"
 SHIFT_SITES = ("exp", "log", "gamma0.7", "gamma1.5")
-MANIFEST = "manifest.json"
 
 # Tissue properties at 3 T: T1 (ms), T2 (ms), proton density.
 TISSUES = {
@@ -319,21 +316,6 @@ def generate(out: str | Path, cfg: PhantomConfig, preset: str = "custom",
     return manifest
 
 
-def load_manifest(folder: str | Path) -> dict:
-    """Reads `manifest.json` and makes its paths absolute."""
-    folder = Path(folder)
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no phantom manifest (run python -m "
-                                "bh_jax.data.phantom --out DIR first)")
-    manifest = json.loads(path.read_text())
-    for entry in manifest["images"] + manifest["subjects"]:
-        for key in ("path", "truth", "mask", "wm"):
-            if key in entry:
-                entry[key] = str(folder / entry[key])
-    return manifest
-
-
 def ensure_phantom(folder: str | Path, cfg: PhantomConfig, preset: str = "custom",
                    progress: bool = True) -> dict:
     """Loads the data set in `folder`, generating it first if absent.
@@ -352,14 +334,8 @@ def ensure_phantom(folder: str | Path, cfg: PhantomConfig, preset: str = "custom
     return load_manifest(folder)
 
 
-def select(manifest: dict, split: str | None = None, site: str | None = None) -> list[dict]:
-    """Manifest image entries of one split and/or site."""
-    return [e for e in manifest["images"]
-            if (split is None or e["split"] == split) and (site is None or e["site"] == site)]
-
-
 # ----------------------------------------------------------------------------
-# Command line
+# Figure
 
 
 def save_grid_png(manifest: dict, path: str | Path, subjects: int = 3) -> Path:
@@ -383,44 +359,3 @@ def save_grid_png(manifest: dict, path: str | Path, subjects: int = 3) -> Path:
             if row == 0:
                 ax.set_title(sid, fontsize=9)
     return save_figure(fig, path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bh_jax.data.phantom",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--preset", default="demo", help="tiny, demo or reference")
-    parser.add_argument("--seed", type=int, default=None, help="override the preset's seed")
-    parser.add_argument("--report", action="store_true",
-                        help="print PSNR/SSIM of every source site (and HM, SSIMH) "
-                             "against its target-site truth, on the test subjects")
-    args = parser.parse_args(argv)
-    try:
-        cfg = get_preset(args.preset).phantom
-    except ValueError as err:
-        parser.error(str(err))
-    if args.seed is not None:
-        cfg = PhantomConfig(**{**asdict(cfg), "seed": args.seed})
-    start = time.perf_counter()
-    manifest = ensure_phantom(args.out, cfg, args.preset)
-    png = save_grid_png(manifest, Path(args.out) / "sites.png")
-    shape, _ = grid(cfg.voxel_mm)
-    counts = {split: sum(s["split"] == split for s in manifest["subjects"])
-              for split in ("train", "val", "test")}
-    print(f"built-in data set '{args.preset}' in {args.out}: {len(manifest['subjects'])} "
-          f"subjects ({counts['train']} train / {counts['val']} val / {counts['test']} test), "
-          f"{len(manifest['sites'])} sites, volumes {shape} at {cfg.voxel_mm} mm, "
-          f"{len(manifest['images'])} images ({time.perf_counter() - start:.1f} s)")
-    for name, site in manifest["sites"].items():
-        print(f"  {name:9s} {site['kind']:7s} {site['description']}")
-    print(f"site grid: {png}")
-    if args.report:
-        from bh_jax.evaluate import site_report
-
-        config = get_preset(args.preset)
-        print(site_report(manifest, config.data))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ BlindHarmony's NCC term cannot tell an image from any a * x + b of it, so the
 prior alone must choose the intensities. Its prior terms (|z|^2, -log p(x))
 are mode-seeking: a flatter image is a likelier one, and on the target's own
 validation images both keep falling as the contrast is lowered below the
-acquired one (`python -m bh_jax.bench prior`). The principled score for "which
+acquired one (`bh-bench prior`). The principled score for "which
 intensity map T turns this scanner's image into a target image" is the density
 of the *source* under the flow pushed through T^-1 (change of variables):
 
@@ -36,38 +36,9 @@ import numpy as np
 import optax
 
 from bh_jax.flows.model import FlowModel
+from bh_jax.harmonize.settings import CalibrationConfig
 from bh_jax.reference import TargetReference
 from bh_jax.sharding import check_batch_size, data_mesh, replicate, shard_batch
-
-
-@dataclass(frozen=True)
-class CalibrationConfig:
-    """How to fit a volume's intensity curve.
-
-    Attributes:
-      segments: linear pieces of the monotone curve (1 = an affine map).
-      steps: L-BFGS iterations (each one evaluation of the likelihood and its
-        gradient, more when the line search rejects the first step).
-      pool: slices of each volume the curve is fitted on (evenly spaced among
-        those with at least half the largest brain area; a fixed number, so
-        one compiled program serves volumes of any length).
-      shared: one curve for all the volumes harmonized together, fitted on
-        their slices pooled (`Calibrator.shared_curve`), instead of one per
-        volume: for scans of one scanner and protocol, whose intensity map is
-        the same for every subject. The pooled fit cannot absorb a subject's
-        own tissue contrast into the map, so that contrast survives.
-    """
-
-    # Chosen on the validation subjects (`bh_jax.harmonize.defaults`).
-    segments: int = 4
-    steps: int = 30
-    pool: int = 16
-    shared: bool = False
-
-    def __post_init__(self):
-        for name in ("segments", "steps", "pool"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"calibration {name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 One compiled program serves a whole run: slices from any number of subjects
 are packed into batches of `batch_size` (the last one filled up with the
-first slices again, `input_pipeline.fixed_batches`), so nothing recompiles
+first slices again, `bh_jax.batching.fixed_batches`), so nothing recompiles
 per subject.
 """
 
@@ -14,11 +14,11 @@ from functools import partial
 import jax
 import numpy as np
 
+from bh_jax.batching import fixed_batches
 from bh_jax.flows.model import FlowModel
 from bh_jax.harmonize.calibration import Calibrator
-from bh_jax.harmonize.objective import Weights
-from bh_jax.harmonize.solvers import SolverConfig, solver_fn
-from bh_jax.input_pipeline import fixed_batches
+from bh_jax.harmonize.settings import SolverConfig, Weights
+from bh_jax.harmonize.solvers import solver_fn
 from bh_jax.sharding import check_batch_size, data_mesh, replicate, shard_batch
 
 

@@ -12,30 +12,13 @@ size and the prior by D makes b2 and a mean the same at every image size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import jax
 import jax.numpy as jnp
 from jax.scipy.signal import convolve2d
 
+from bh_jax.harmonize.settings import Weights
+
 _EPS = 1e-8
 _SOBEL_X = jnp.array([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
-
-
-@dataclass(frozen=True)
-class Weights:
-    """b1 (correlation), b2 (edges), alpha (prior) of the objective.
-
-    A pytree: the engine passes it to its compiled program as data, so new
-    weights do not recompile.
-    """
-
-    b1: float = 1.0
-    b2: float = 0.0
-    alpha: float = 0.01
-
-
-jax.tree_util.register_dataclass(Weights, data_fields=["b1", "b2", "alpha"], meta_fields=[])
 
 
 def ncc(x: jnp.ndarray, y: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:

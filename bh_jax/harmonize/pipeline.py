@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bh_jax.baselines import histogram_match, spectrum_swap
+from bh_jax.baselines.hm import histogram_match
+from bh_jax.baselines.ssimh import spectrum_swap
 from bh_jax.harmonize.calibration import Calibrator, IntensityCurve
 from bh_jax.harmonize.engine import Harmonizer
-from bh_jax.harmonize.objective import Weights
+from bh_jax.harmonize.settings import Weights
 from bh_jax.preprocess import PreparedVolume
 from bh_jax.reference import TargetReference
 

@@ -21,63 +21,18 @@ over slices by `bh_jax.harmonize.engine`, with their whole loop in one
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import jax
 import jax.numpy as jnp
 import optax
 
 from bh_jax.flows.model import FlowModel
-from bh_jax.harmonize.calibration import CalibrationConfig
-from bh_jax.harmonize.objective import (Weights, latent_prior, non_edge_mask, objective_terms,
-                                        weighted_loss)
-
-SOLVERS = ("latent", "alternating", "image", "curve")
-INITS = ("calibrated", "hm", "template", "source")
-
-
-@dataclass(frozen=True)
-class SolverConfig:
-    """How to harmonize.
-
-    Attributes:
-      solver: 'latent', 'alternating', 'image' or 'curve'.
-      steps: optimiser steps (latent, image) or iterations (alternating);
-        unused by 'curve'.
-      learning_rate: Adam's peak step on z (latent) or on x (image), or the
-        image step (alternating).
-      schedule: 'constant' or 'cosine' (decay to 0 over `steps`); latent and image.
-      weights: default b1, b2, alpha (a run can pass others without
-        recompiling). For `alternating`, alpha is the shrink of z per
-        iteration, as in the published code.
-      percentile: non-edge mask threshold (percentile of in-brain gradients).
-      gradient: 'sobel' or 'diff'.
-      init: x_init: 'calibrated' (the source through its volume's
-        maximum-likelihood intensity curve, `bh_jax.harmonize.calibration`),
-        'hm' (the source histogram-matched to the target), 'template' (the
-        target's mean slice) or 'source'.
-      calibration: how the 'calibrated' curve is fitted.
-    """
-
-    solver: str = "latent"
-    steps: int = 10
-    learning_rate: float = 0.05
-    schedule: str = "cosine"
-    weights: Weights = field(default_factory=Weights)
-    percentile: float = 30.0
-    gradient: str = "sobel"
-    init: str = "hm"
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-
-    def __post_init__(self):
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+from bh_jax.harmonize.objective import (
+    latent_prior,
+    non_edge_mask,
+    objective_terms,
+    weighted_loss,
+)
+from bh_jax.harmonize.settings import SolverConfig, Weights
 
 
 def _image(model: FlowModel, params: dict, z: jnp.ndarray) -> jnp.ndarray:

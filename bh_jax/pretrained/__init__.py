@@ -11,20 +11,27 @@ change that silently breaks old checkpoints fails CI.
 
 Make one from a training folder:
 
-    python -m bh_jax.pretrained export runs/demo-v2 --name demo \\
-        --command "python train.py --data phantom --preset demo --workdir runs/demo-v2" \\
+    bh-pretrained export runs/demo-v2 --name demo \\
+        --command "bh-train --data phantom --preset demo --workdir runs/demo-v2" \\
         --training-time "57 min 49 s (4500 steps)" --machine "2-core CPU"
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import subprocess
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+
+import jax
+
+from bh_jax.config import get_preset
+from bh_jax.sharding import data_mesh
+from bh_jax.training.checkpoint import load_flow
+from bh_jax.training.input_pipeline import phantom_slices
+from bh_jax.training.state import evaluate, make_eval_step
+from bh_jax.version import __version__, code_version
 
 ROOT = Path(__file__).parent
 PROVENANCE_FILE = "PROVENANCE.json"
@@ -54,14 +61,6 @@ def validation_bpd(workdir: str | Path, preset: str = "tiny",
     built-in data set of `preset` (generated in `data_dir`, or a temporary
     folder), prepared at the checkpoint's slice size. The dequantisation noise
     is fixed, so the value is reproducible."""
-    import jax
-
-    from bh_jax.checkpoint import load_flow
-    from bh_jax.config import get_preset
-    from bh_jax.input_pipeline import phantom_slices
-    from bh_jax.sharding import data_mesh
-    from bh_jax.train import evaluate, make_eval_step
-
     flow = load_flow(workdir)
     config = replace(get_preset(preset), data=flow.config.data)
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,21 +69,10 @@ def validation_bpd(workdir: str | Path, preset: str = "tiny",
                     flow.config.train.batch_size, data_mesh(jax.devices()[:1]))
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def export(workdir: str | Path, name: str, command: str, training_time: str,
            machine: str) -> Path:
     """Copies the best state of a training folder to `bh_jax/pretrained/<name>`
     with its provenance."""
-    import bh_jax
-    from bh_jax.checkpoint import load_flow
-
     workdir = Path(workdir)
     flow = load_flow(workdir)  # fails early on an unusable folder
     out = ROOT / name
@@ -98,8 +86,8 @@ def export(workdir: str | Path, name: str, command: str, training_time: str,
     shutil.copytree(workdir / flow.identity["which"] / str(step), tmp / "best" / str(step))
     metrics = json.loads((workdir / "metrics.json").read_text())
     record = {
-        "name": name, "command": command, "bh_jax_version": bh_jax.__version__,
-        "exported_at_commit": _git_commit(), "step": step, "preset": flow.config.name,
+        "name": name, "command": command, "bh_jax_version": __version__,
+        "code_version": code_version(), "step": step, "preset": flow.config.name,
         "params": metrics.get("params"), "best_val_bpd": metrics.get("best_val_bpd"),
         "training_time": training_time, "machine": machine,
         "tiny_val_bpd": validation_bpd(tmp, "tiny"),
@@ -109,25 +97,3 @@ def export(workdir: str | Path, name: str, command: str, training_time: str,
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bh_jax.pretrained", description=__doc__)
-    sub = parser.add_subparsers(dest="command_name", required=True)
-    sub.add_parser("list", help="the shipped checkpoints and their provenance")
-    ex = sub.add_parser("export", help="ship the best state of a training folder")
-    ex.add_argument("workdir")
-    ex.add_argument("--name", required=True)
-    ex.add_argument("--command", required=True, help="the command that trained it")
-    ex.add_argument("--training-time", required=True)
-    ex.add_argument("--machine", required=True)
-    args = parser.parse_args(argv)
-    if args.command_name == "list":
-        for name in available():
-            print(name, json.dumps(provenance(name), indent=2))
-        return 0
-    out = export(args.workdir, args.name, args.command, args.training_time, args.machine)
-    print(f"exported {args.workdir} -> {out}")
-    print((out / PROVENANCE_FILE).read_text())
-    return 0
-

@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 
 from bh_jax.config import FlowConfig
-from bh_jax.flows import (ActNorm, Conv1x1, FactorOut, Squeeze, coupling, init_actnorm,
-                          init_conv1x1, init_coupling)
+from bh_jax.flows import (
+    ActNorm,
+    Conv1x1,
+    FactorOut,
+    Squeeze,
+    coupling,
+    init_actnorm,
+    init_conv1x1,
+    init_coupling,
+)
 from bh_jax.flows.model import FlowModel
 
 SHAPE = (4, 4, 4)  # H, W, C of the test event

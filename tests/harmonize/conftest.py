@@ -2,8 +2,8 @@
 
 import pytest
 
-from bh_jax.checkpoint import load_flow
-from bh_jax.input_pipeline import prepare_entry
+from bh_jax.data.manifest import prepare_entry
+from bh_jax.training.checkpoint import load_flow
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 
 from bh_jax.harmonize import Harmonizer, SolverConfig, harmonize_volumes
-from bh_jax.harmonize.calibration import (CalibrationConfig, Calibrator, IntensityCurve,
-                                          curve_parameters, curve_values,
-                                          negative_log_likelihood, source_knots)
+from bh_jax.harmonize.calibration import (
+    Calibrator,
+    IntensityCurve,
+    curve_parameters,
+    curve_values,
+    negative_log_likelihood,
+    source_knots,
+)
 from bh_jax.harmonize.pipeline import curve_fit_status
+from bh_jax.harmonize.settings import CalibrationConfig
 
 
 class _Bar:
@@ -203,7 +209,7 @@ def test_sharded_fit_lowers_the_loss_as_much_as_the_one_device_fit(flow, volumes
 
 
 def test_cli_settings_keep_the_calibration_config():
-    import harmonize
+    from bh_jax.cli import harmonize
 
     args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
                                  "--solver", "curve"])

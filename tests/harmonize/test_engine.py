@@ -80,7 +80,7 @@ def test_latent_solver_lowers_its_objective(flow, volumes):
 def test_image_solver_lowers_its_objective_under_the_exact_prior(flow, volumes):
     from dataclasses import replace
 
-    from bh_jax.harmonize.defaults import default_settings
+    from bh_jax.harmonize.settings import default_settings
 
     settings = replace(default_settings("image"), steps=5)
     harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=8,

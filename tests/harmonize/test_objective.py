@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bh_jax.harmonize.objective import (edge_term, image_gradient, latent_prior, ncc,
-                                        non_edge_mask, objective_terms)
+from bh_jax.harmonize.objective import (
+    edge_term,
+    image_gradient,
+    latent_prior,
+    ncc,
+    non_edge_mask,
+    objective_terms,
+)
 
 
 def test_ncc_matches_pearson_inside_mask():

@@ -8,9 +8,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from bh_jax.experiments.demo import DEMO_SITES, DEMO_SOLVER, run_demo
+from bh_jax.experiments.evaluate import TYPICAL
 from bh_jax.harmonize import SolverConfig
-from bh_jax.evaluate import TYPICAL
-from bh_jax.harmonize.demo import DEMO_SITES, DEMO_SOLVER, run_demo
+
+pytestmark = pytest.mark.slow  # benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +51,7 @@ def test_without_demo_inputs_and_checkpoint_are_required():
 
 
 def test_demo_defaults_to_the_curve_solver_and_all_test_subjects():
-    import harmonize
+    from bh_jax.cli import harmonize
 
     args = harmonize.parse_args(["--demo"])
     assert args.solver == DEMO_SOLVER == "curve" and args.demo_subjects is None

@@ -1,4 +1,4 @@
-"""The out-of-the-box demo: `python harmonize.py --demo`.
+"""The out-of-the-box demo: `bh-harmonize --demo` (`python harmonize.py --demo`).
 
 Builds the built-in data set, harmonizes held-out source subjects with the
 shipped `demo` checkpoint, writes their NIfTI outputs (+ JSON reports) and a
@@ -13,12 +13,22 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bh_jax.checkpoint import load_flow
-from bh_jax.evaluate import (TYPICAL, as_evaluation, classical_methods, evaluate_methods,
-                             format_table, save_examples_png, typical_contrast_method)
+from bh_jax import pretrained
+from bh_jax.data.phantom import ensure_phantom
+from bh_jax.experiments.evaluate import (
+    TYPICAL,
+    as_evaluation,
+    classical_methods,
+    evaluate_methods,
+    format_table,
+    save_examples_png,
+    typical_contrast_method,
+)
+from bh_jax.harmonize.methods import VolumeMethod, flow_method
 from bh_jax.harmonize.pipeline import HarmonizedVolume
-from bh_jax.harmonize.run import Job, VolumeMethod, flow_method, output_path, write_result
-from bh_jax.harmonize.solvers import SolverConfig
+from bh_jax.harmonize.run import Job, output_path, write_result
+from bh_jax.harmonize.settings import SolverConfig, default_settings
+from bh_jax.training.checkpoint import load_flow
 
 # The paper's shifts, and a mild and a large simulated scanner gap (the other
 # sites: `python -m bh_jax.bench quality`); sized to finish in minutes on a CPU.
@@ -33,8 +43,6 @@ DEMO_SHARED_CURVE = True
 
 def demo_settings() -> SolverConfig:
     """The demo's default solver settings (`harmonize.py --demo` without --solver)."""
-    from bh_jax.harmonize.defaults import default_settings
-
     settings = default_settings(DEMO_SOLVER)
     return replace(settings, calibration=replace(settings.calibration,
                                                  shared=DEMO_SHARED_CURVE))
@@ -70,9 +78,6 @@ def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
         `python harmonize.py --demo`). Each source site's subjects are
         harmonized together (`evaluate_methods`): a shared curve is one per site.
     """
-    from bh_jax import pretrained
-    from bh_jax.data.phantom import ensure_phantom
-
     if subjects is not None and subjects < 1:
         raise ValueError(f"the demo needs at least 1 subject per site, got {subjects}")
     start = time.perf_counter()

@@ -6,8 +6,8 @@ import shutil
 import pytest
 
 from bh_jax import pretrained
-from bh_jax.checkpoint import CheckpointError, load_flow
 from bh_jax.config import get_preset
+from bh_jax.training.checkpoint import CheckpointError, load_flow
 
 
 def _files(folder):

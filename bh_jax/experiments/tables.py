@@ -1,4 +1,4 @@
-"""The paper's tables on the built-in data set (`python -m bh_jax.bench quality`).
+"""The paper's tables on the built-in data set (`bh-bench quality`).
 
 Table 1: simulated shifts (exp, log, gamma 0.7 and, unseen, gamma 1.5);
 Table 2: simulated scanners; Table 3: white-matter Dice of a target-trained
@@ -18,12 +18,24 @@ from pathlib import Path
 import numpy as np
 
 from bh_jax import metrics
-from bh_jax.baselines.learned import BaselineConfig, is_trained, load_baseline, train_baseline
-from bh_jax.data.phantom import select
-from bh_jax.evaluate import (TYPICAL, as_evaluation, classical_methods, evaluate_methods,
-                             every_nth_slice, format_table, save_examples_png,
-                             typical_contrast_method)
-from bh_jax.input_pipeline import prepare_entry, wm_slices
+from bh_jax.baselines.learned import (
+    BaselineConfig,
+    is_trained,
+    load_baseline,
+    train_baseline,
+)
+from bh_jax.data.manifest import prepare_entry, select, wm_slices
+from bh_jax.experiments.evaluate import (
+    TYPICAL,
+    as_evaluation,
+    classical_methods,
+    evaluate_methods,
+    every_nth_slice,
+    format_table,
+    save_examples_png,
+    typical_contrast_method,
+)
+from bh_jax.harmonize.methods import baseline_method, flow_method
 from bh_jax.io import atomic_path, write_json_atomic
 
 SHIFTS = ("exp", "log", "gamma0.7", "gamma1.5")
@@ -74,8 +86,6 @@ def reproduce_tables(flow, manifest: dict, out: str | Path, settings, batch_size
                      progress: bool = True, sites: Sequence[str] | None = None) -> dict:
     """Runs every method on the test subjects' `sites` (None: all eight source
     domains); writes OUT/quality.{md,json,png}."""
-    from bh_jax.harmonize.run import baseline_method, flow_method
-
     sites = SHIFTS + SCANNERS if sites is None else tuple(sites)
     unknown = sorted(set(sites) - set(SHIFTS + SCANNERS))
     if unknown or not sites:

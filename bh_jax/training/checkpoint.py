@@ -22,6 +22,7 @@ from bh_jax.config import Config
 from bh_jax.flows.model import FlowModel
 from bh_jax.io import write_json_atomic
 from bh_jax.reference import TargetReference
+from bh_jax.training.state import abstract_state
 
 CONFIG_FILE = "config.json"
 REFERENCE_FILE = "reference.npz"
@@ -111,8 +112,6 @@ def load_flow(workdir: str | Path, which: str = "best") -> LoadedFlow:
     Raises:
       CheckpointError: a missing or incompatible folder, with its path.
     """
-    from bh_jax.train import abstract_state  # the train state's structure
-
     workdir = Path(workdir)
     config = read_config(workdir)
     model = FlowModel(config.flow, config.data.height, config.data.width)

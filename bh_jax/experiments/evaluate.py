@@ -12,29 +12,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from functools import lru_cache
-from typing import TYPE_CHECKING
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from bh_jax import metrics
 from bh_jax.config import DataConfig, PhantomConfig
-from bh_jax.data.phantom import render_subject, select
-from bh_jax.harmonize.calibration import CalibrationConfig, Calibrator
+from bh_jax.data.manifest import prepare_entry, select, target_volumes, wm_slices
+from bh_jax.data.phantom import render_subject
+from bh_jax.figures import new_figure, save_figure
+from bh_jax.harmonize.calibration import Calibrator
+from bh_jax.harmonize.methods import VolumeMethod
 from bh_jax.harmonize.pipeline import HarmonizedVolume, classical
-from bh_jax.io import new_figure, save_figure
-from bh_jax.input_pipeline import (SliceSet, fixed_batches, prepare_entry, target_volumes,
-                                   wm_slices)
+from bh_jax.harmonize.settings import CalibrationConfig
 from bh_jax.preprocess import IntensityScale, PreparedVolume, window_slices
 from bh_jax.reference import TargetReference
-
-if TYPE_CHECKING:
-    from bh_jax.checkpoint import LoadedFlow
-    from bh_jax.flows.model import FlowModel
-    from bh_jax.harmonize.run import VolumeMethod
+from bh_jax.training.checkpoint import LoadedFlow
+from bh_jax.training.input_pipeline import SliceSet
+from bh_jax.training.qc import prior_scores
 
 Method = Callable[[list[PreparedVolume]], list[np.ndarray]]
 Segmenter = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (slices, masks) -> bool WM
@@ -216,23 +213,7 @@ def site_report(manifest: dict, config: DataConfig) -> str:
             + format_table(results))
 
 
-def prior_scores(model: "FlowModel", params: dict, slices: np.ndarray,
-                 batch_size: int = 32) -> dict[str, np.ndarray]:
-    """Bits/dim and mean z^2 [N] of [N, H, W] slices under a flow (no dequantisation)."""
-    score = _prior_score_fn(model)
-    parts = [score(params, np.asarray(slices[index], np.float32)[..., None])
-             for index, _ in fixed_batches(len(slices), batch_size)]
-    return {k: np.concatenate([np.asarray(p[k]) for p in parts])[:len(slices)]
-            for k in ("bpd", "z2")}
-
-
-@lru_cache(maxsize=4)
-def _prior_score_fn(model: "FlowModel"):
-    return jax.jit(lambda params, x: {"bpd": model.bits_per_dim(params, x),
-                                      "z2": jnp.mean(model.encode(params, x) ** 2, axis=-1)})
-
-
-def prior_check(flow: "LoadedFlow", manifest: dict, sites: Iterable[str], split: str = "val",
+def prior_check(flow: LoadedFlow, manifest: dict, sites: Iterable[str], split: str = "val",
                 slice_stride: int = 1, batch_size: int = 32) -> dict[str, dict]:
     """Does the prior rank the truth above HM? (Where BlindHarmony can beat HM.)
 
@@ -304,65 +285,7 @@ def best_affine(source: np.ndarray, truth: np.ndarray, masks: np.ndarray) -> np.
     return out
 
 
-def scale_contrast(slices: np.ndarray, masks: np.ndarray, factor: float) -> np.ndarray:
-    """[..., H, W] slices with each slice's in-mask deviations from its in-mask mean
-    times `factor`, clipped to [0, 1]; zero background."""
-    masks = np.asarray(masks, bool)
-    slices = np.asarray(slices, np.float32)
-    count = masks.sum(axis=(-2, -1), keepdims=True)
-    mean = np.where(masks, slices, 0.0).sum(axis=(-2, -1), keepdims=True) / np.maximum(count, 1)
-    return np.where(masks, np.clip(mean + factor * (slices - mean), 0.0, 1.0),
-                    0.0).astype(np.float32)
-
-
-CONTRASTS = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
-
-
-def contrast_check(model: "FlowModel", params: dict, slices: np.ndarray, masks: np.ndarray,
-                   factors: Iterable[float] = CONTRASTS, batch_size: int = 32) -> list[dict]:
-    """Does the prior prefer the target's own contrast? (`scale_contrast` of target slices.)
-
-    Scores [N, H, W] target-site slices with their contrast scaled by each
-    factor c, three ways: bits/dim and z^2 of the scaled image (the solvers'
-    prior terms), and `bpd_cov`, the bits/dim of the *unscaled* image under
-    the flow pushed through the scaling (change of variables: bits/dim minus
-    the brain fraction times log2 c), the score `bh_jax.harmonize.calibration`
-    maximises. A score that keeps falling as the contrast falls pulls an
-    optimisation towards flat images and cannot pick the right intensities
-    among NCC-equivalent images (affine maps of the source); one that is
-    lowest at factor 1 knows the target's contrast.
-
-    Returns:
-      One row per factor: {"contrast", "bpd", "z2", "bpd_cov" (means),
-      "lowest_bpd", "lowest_z2", "lowest_bpd_cov" (fraction of slices for
-      which this factor scores best), "slices"}.
-    """
-    factors = list(factors)
-    if len(slices) == 0:
-        raise ValueError("contrast_check: no slices")
-    brain_fraction = np.asarray(masks, bool).mean(axis=(-2, -1))
-    scores = [prior_scores(model, params, scale_contrast(slices, masks, f), batch_size)
-              for f in factors]
-    for f, s in zip(factors, scores):
-        s["bpd_cov"] = s["bpd"] - brain_fraction * np.log2(f)
-    keys = ("bpd", "z2", "bpd_cov")
-    stacked = {k: np.stack([s[k] for s in scores]) for k in keys}  # [factors, N]
-    lowest = {k: np.argmin(v, axis=0) for k, v in stacked.items()}
-    return [{"contrast": f, **{k: float(stacked[k][i].mean()) for k in keys},
-             **{f"lowest_{k}": float(np.mean(lowest[k] == i)) for k in keys},
-             "slices": len(slices)} for i, f in enumerate(factors)]
-
-
-def preferred_contrast(rows: list[dict]) -> str:
-    """One line: the contrast factors with the lowest mean score, each way."""
-    best = {k: min(rows, key=lambda r: r[k])["contrast"] for k in ("bpd", "z2", "bpd_cov")}
-    return (f"prior QC: validation images score best at {best['bpd']:g}x their own contrast by "
-            f"bits/dim, {best['z2']:g}x by z^2 (below 1: these favour flat images), "
-            f"{best['bpd_cov']:g}x by the change-of-variables score of the intensity "
-            "calibration (1 = it knows the target's contrast)")
-
-
-def calibration_check(flow: "LoadedFlow", manifest: dict, split: str = "val",
+def calibration_check(flow: LoadedFlow, manifest: dict, split: str = "val",
                       slice_stride: int = 1) -> list[dict]:
     """Does the intensity calibration leave the target's own images alone?
 
@@ -390,7 +313,7 @@ def calibration_check(flow: "LoadedFlow", manifest: dict, split: str = "val",
     return rows
 
 
-def as_evaluation(method: "VolumeMethod", progress: bool = False,
+def as_evaluation(method: VolumeMethod, progress: bool = False,
                   on_results: Callable[[list[HarmonizedVolume], float], None] | None = None
                   ) -> Method:
     """Any harmonization method of `bh_jax.harmonize.run` as an evaluation method.
@@ -398,8 +321,6 @@ def as_evaluation(method: "VolumeMethod", progress: bool = False,
     `on_results(results, seconds)`, if given, also receives the full results
     (with per-slice diagnostics) and the time they took, e.g. to write them.
     """
-    from tqdm.auto import tqdm
-
     def evaluated(volumes: list[PreparedVolume]) -> list[np.ndarray]:
         start = time.perf_counter()
         with tqdm(total=sum(len(p.slices) for p in volumes), unit="slice",

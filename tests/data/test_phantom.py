@@ -2,10 +2,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bh_jax.baselines import histogram_match, spectrum_swap
+from bh_jax.baselines.hm import histogram_match
+from bh_jax.baselines.ssimh import spectrum_swap
 from bh_jax.data import phantom
+from bh_jax.data.manifest import select
 from bh_jax.data.shifts import PAPER_SHIFTS, apply_shift
-from bh_jax.evaluate import evaluate_methods, classical_methods, target_reference
+from bh_jax.experiments.evaluate import (
+    classical_methods,
+    evaluate_methods,
+    target_reference,
+)
 
 
 def test_manifest_lists_truth_mask_and_wm_for_every_image(tiny_phantom):
@@ -105,7 +111,7 @@ def test_render_subject_is_what_generate_writes(tmp_path, tiny_config):
     cfg = tiny_config.phantom.__class__(voxel_mm=8.0, n_train=1, n_val=0, n_test=1, seed=3)
     manifest = phantom.generate(tmp_path, cfg, progress=False)
     _, images = phantom.render_subject(cfg, 1)
-    for entry in phantom.select(manifest, site="exp") + phantom.select(manifest, site="siteB"):
+    for entry in select(manifest, site="exp") + select(manifest, site="siteB"):
         if entry["subject"] == "sub-001":
             written = nib.load(str(tmp_path / entry["path"])).get_fdata()
             np.testing.assert_allclose(written, images[entry["site"]],

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _harmonize(*args):
@@ -38,6 +38,7 @@ def inputs(tiny_phantom, tmp_path_factory):
     return good, bad, [e["mask"] for e in entries[:2]]
 
 
+@pytest.mark.slow  # a subprocess
 def test_batch_run_with_a_bad_subject_then_resume(trained, inputs, tmp_path):
     workdir = trained[0]
     good, bad, masks = inputs
@@ -79,6 +80,7 @@ def test_batch_run_with_a_bad_subject_then_resume(trained, inputs, tmp_path):
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
 
 
+@pytest.mark.slow  # a subprocess
 def test_classical_methods_and_overwrite(trained, inputs, tmp_path):
     good = inputs[0]
     for method in ("hm", "ssimh"):
@@ -89,6 +91,7 @@ def test_classical_methods_and_overwrite(trained, inputs, tmp_path):
         assert report["method"] == method
 
 
+@pytest.mark.slow  # a subprocess
 def test_clear_errors_for_missing_checkpoint_and_inputs(tmp_path, inputs, trained):
     result = _harmonize(inputs[0][0], "--checkpoint", tmp_path / "nope", "--output-dir", tmp_path)
     assert result.returncode == 2 and "config.json: not found" in result.stderr
@@ -129,8 +132,9 @@ class _RecordingBar:
 def test_progress_total_estimates_the_whole_run(tiny_phantom, tiny_config, tmp_path, monkeypatch):
     import tqdm.auto
 
+    from bh_jax.harmonize.methods import VolumeMethod, _volume_by_volume
     from bh_jax.harmonize.pipeline import HarmonizedVolume
-    from bh_jax.harmonize.run import Job, VolumeMethod, _volume_by_volume, output_path, run_jobs
+    from bh_jax.harmonize.run import Job, output_path, run_jobs
 
     _, manifest = tiny_phantom
     paths = [Path(e["path"]) for e in manifest["images"] if e["site"] == "siteA"][:3]
@@ -147,15 +151,12 @@ def test_progress_total_estimates_the_whole_run(tiny_phantom, tiny_config, tmp_p
 
 
 def test_cli_choices_match_the_library():
-    """harmonize.py spells its choices out (no jax import for --help): keep them in sync."""
-    import importlib.util
+    """The command line spells its methods out (--help does not load the models): keep
+    them in sync with the library's."""
+    from bh_jax.cli import harmonize as cli
+    from bh_jax.harmonize.methods import ALL_METHODS
+    from bh_jax.harmonize.settings import INITS, SOLVERS
 
-    from bh_jax.harmonize.run import ALL_METHODS
-    from bh_jax.harmonize.solvers import INITS, SOLVERS
-
-    spec = importlib.util.spec_from_file_location("harmonize_cli", ROOT / "harmonize.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
     choices = {a.dest: a.choices for a in cli.build_parser()._actions}
     assert tuple(choices["method"]) == ALL_METHODS
     assert tuple(choices["solver"]) == SOLVERS
@@ -175,7 +176,7 @@ def test_out_of_memory_is_one_clear_line(trained, inputs, tmp_path, monkeypatch,
     not say what to change; the CLI turns it into one line and exit status 2."""
     import jax
 
-    import harmonize
+    from bh_jax.cli import harmonize
     from bh_jax.harmonize import run
 
     args = [str(inputs[0][0]), "--checkpoint", str(trained[0]), "--output-dir",
@@ -191,6 +192,7 @@ def test_out_of_memory_is_one_clear_line(trained, inputs, tmp_path, monkeypatch,
         harmonize.main(args)
 
 
+@pytest.mark.slow  # a subprocess
 def test_inputs_with_the_same_name_are_refused_not_overwritten(inputs, trained, tmp_path):
     from bh_jax.harmonize.run import plan_jobs
 
@@ -215,6 +217,7 @@ def test_inputs_with_the_same_name_are_refused_not_overwritten(inputs, trained, 
     assert [j.input for j in jobs] == clash[:1] and skipped == []
 
 
+@pytest.mark.slow  # a subprocess
 def test_other_voxel_size_is_harmonized_with_a_warning(inputs, trained, tmp_path):
     good = inputs[0][0]
     image = nib.load(str(good))
@@ -232,6 +235,7 @@ def test_other_voxel_size_is_harmonized_with_a_warning(inputs, trained, tmp_path
     assert len(report["warnings"]) == 1 and "differs by more than 20 %" in report["warnings"][0]
 
 
+@pytest.mark.slow  # a subprocess
 def test_shared_curve_is_one_per_run_and_the_same_on_resume(trained, tiny_phantom, tmp_path):
     _, manifest = tiny_phantom
     paths = [Path(e["path"]) for e in manifest["images"] if e["site"] == "exp"]
@@ -259,7 +263,7 @@ def test_shared_curve_is_one_per_run_and_the_same_on_resume(trained, tiny_phanto
 
 
 def test_evaluation_gives_a_method_one_site_at_a_time(tiny_phantom, tiny_config):
-    from bh_jax.evaluate import evaluate_methods
+    from bh_jax.experiments.evaluate import evaluate_methods
 
     _, manifest = tiny_phantom
     calls = []
@@ -272,3 +276,30 @@ def test_evaluation_gives_a_method_one_site_at_a_time(tiny_phantom, tiny_config)
     results = evaluate_methods(manifest, tiny_config.data, {"identity": identity}, sites=sites)
     assert list(results) == sites
     assert calls == [["exp_T1w.nii.gz"], ["siteA_T1w.nii.gz"], ["log_T1w.nii.gz"]]
+
+
+@pytest.mark.slow  # a subprocess
+def test_harmonize_cli_runs_learned_baselines(baselines, tiny_phantom, tmp_path):
+    """harmonize.py --method unet|cyclegan: the input's geometry out, the baseline in the report."""
+    _, manifest = tiny_phantom
+    entry = next(e for e in manifest["images"] if e["split"] == "test" and e["site"] == "exp")
+
+    def harmonize(method, folder, out):
+        return subprocess.run([sys.executable, str(ROOT / "harmonize.py"), entry["path"],
+                               "--method", method, "--checkpoint", str(folder),
+                               "--output-dir", str(out), "--no-progress"],
+                              capture_output=True, text=True, cwd=ROOT)
+
+    for kind in ("unet", "cyclegan"):
+        result = harmonize(kind, baselines[kind][0], tmp_path / kind)
+        assert result.returncode == 0, result.stderr
+        output = next((tmp_path / kind).glob("*_harmonized.nii.gz"))
+        source, harmonized = nib.load(entry["path"]), nib.load(output)
+        assert harmonized.shape == source.shape
+        np.testing.assert_allclose(harmonized.affine, source.affine, atol=1e-6)
+        assert np.isfinite(harmonized.get_fdata()).all()
+        report = json.loads(output.with_name(output.name.replace(".nii.gz", ".json")).read_text())
+        assert report["method"] == kind and report["checkpoint"]["kind"] == kind
+    wrong = harmonize("cyclegan", baselines["unet"][0], tmp_path / "wrong")
+    assert wrong.returncode == 2 and "holds a unet baseline, not a cyclegan" in wrong.stderr
+    assert not (tmp_path / "wrong").exists() or not any((tmp_path / "wrong").iterdir())

@@ -1,0 +1,2 @@
+"""Evaluation, tables, benchmarks and the demo: on top of the library, which never
+imports them."""

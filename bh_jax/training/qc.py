@@ -1,0 +1,92 @@
+"""Does a trained prior know the target's contrast? (run when training ends)
+
+BlindHarmony's NCC term cannot tell an image from a brighter or higher-contrast
+copy of it; only the prior can. `contrast_check` scores target-site slices with
+their contrast scaled: a prior that knows the target's contrast scores 1.0 best.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import lru_cache
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bh_jax.batching import fixed_batches
+from bh_jax.flows.model import FlowModel
+
+
+def prior_scores(model: FlowModel, params: dict, slices: np.ndarray,
+                 batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Bits/dim and mean z^2 [N] of [N, H, W] slices under a flow (no dequantisation)."""
+    score = _prior_score_fn(model)
+    parts = [score(params, np.asarray(slices[index], np.float32)[..., None])
+             for index, _ in fixed_batches(len(slices), batch_size)]
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts])[:len(slices)]
+            for k in ("bpd", "z2")}
+
+
+@lru_cache(maxsize=4)
+def _prior_score_fn(model: FlowModel):
+    return jax.jit(lambda params, x: {"bpd": model.bits_per_dim(params, x),
+                                      "z2": jnp.mean(model.encode(params, x) ** 2, axis=-1)})
+
+
+def scale_contrast(slices: np.ndarray, masks: np.ndarray, factor: float) -> np.ndarray:
+    """[..., H, W] slices with each slice's in-mask deviations from its in-mask mean
+    times `factor`, clipped to [0, 1]; zero background."""
+    masks = np.asarray(masks, bool)
+    slices = np.asarray(slices, np.float32)
+    count = masks.sum(axis=(-2, -1), keepdims=True)
+    mean = np.where(masks, slices, 0.0).sum(axis=(-2, -1), keepdims=True) / np.maximum(count, 1)
+    return np.where(masks, np.clip(mean + factor * (slices - mean), 0.0, 1.0),
+                    0.0).astype(np.float32)
+
+
+CONTRASTS = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
+
+
+def contrast_check(model: FlowModel, params: dict, slices: np.ndarray, masks: np.ndarray,
+                   factors: Iterable[float] = CONTRASTS, batch_size: int = 32) -> list[dict]:
+    """Does the prior prefer the target's own contrast? (`scale_contrast` of target slices.)
+
+    Scores [N, H, W] target-site slices with their contrast scaled by each
+    factor c, three ways: bits/dim and z^2 of the scaled image (the solvers'
+    prior terms), and `bpd_cov`, the bits/dim of the *unscaled* image under
+    the flow pushed through the scaling (change of variables: bits/dim minus
+    the brain fraction times log2 c), the score `bh_jax.harmonize.calibration`
+    maximises. A score that keeps falling as the contrast falls pulls an
+    optimisation towards flat images and cannot pick the right intensities
+    among NCC-equivalent images (affine maps of the source); one that is
+    lowest at factor 1 knows the target's contrast.
+
+    Returns:
+      One row per factor: {"contrast", "bpd", "z2", "bpd_cov" (means),
+      "lowest_bpd", "lowest_z2", "lowest_bpd_cov" (fraction of slices for
+      which this factor scores best), "slices"}.
+    """
+    factors = list(factors)
+    if len(slices) == 0:
+        raise ValueError("contrast_check: no slices")
+    brain_fraction = np.asarray(masks, bool).mean(axis=(-2, -1))
+    scores = [prior_scores(model, params, scale_contrast(slices, masks, f), batch_size)
+              for f in factors]
+    for f, s in zip(factors, scores):
+        s["bpd_cov"] = s["bpd"] - brain_fraction * np.log2(f)
+    keys = ("bpd", "z2", "bpd_cov")
+    stacked = {k: np.stack([s[k] for s in scores]) for k in keys}  # [factors, N]
+    lowest = {k: np.argmin(v, axis=0) for k, v in stacked.items()}
+    return [{"contrast": f, **{k: float(stacked[k][i].mean()) for k in keys},
+             **{f"lowest_{k}": float(np.mean(lowest[k] == i)) for k in keys},
+             "slices": len(slices)} for i, f in enumerate(factors)]
+
+
+def preferred_contrast(rows: list[dict]) -> str:
+    """One line: the contrast factors with the lowest mean score, each way."""
+    best = {k: min(rows, key=lambda r: r[k])["contrast"] for k in ("bpd", "z2", "bpd_cov")}
+    return (f"prior QC: validation images score best at {best['bpd']:g}x their own contrast by "
+            f"bits/dim, {best['z2']:g}x by z^2 (below 1: these favour flat images), "
+            f"{best['bpd_cov']:g}x by the change-of-variables score of the intensity "
+            "calibration (1 = it knows the target's contrast)")

@@ -1,0 +1,83 @@
+"""The train state and what acts on it: optimizer, state, train and evaluation steps.
+
+The train state is one pytree {"params", "opt_state", "step"}: exactly what
+orbax saves and restores (`bh_jax.training.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bh_jax.batching import fixed_batches
+from bh_jax.config import TrainConfig
+from bh_jax.flows.model import FlowModel
+from bh_jax.sharding import shard_batch
+from bh_jax.training.input_pipeline import SliceSet
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Adam with linear warm-up and cosine decay to 0, after global-norm clipping."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=config.learning_rate,
+        warmup_steps=min(config.warmup_steps, max(config.steps - 1, 0)),
+        decay_steps=max(config.steps, 1), end_value=0.0)
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(schedule))
+
+
+def create_state(model: FlowModel, config: TrainConfig, key: jax.Array,
+                 init_batch: jnp.ndarray) -> dict:
+    """A fresh train state; ActNorm is initialised from `init_batch` [B, H, W, 1]."""
+    params = jax.jit(model.init)(key, init_batch)  # eager, the many small ops are slow
+    return {"params": params, "opt_state": make_optimizer(config).init(params),
+            "step": jnp.zeros((), jnp.int32)}
+
+
+def abstract_state(model: FlowModel, config: TrainConfig) -> Any:
+    """Shapes and dtypes of a train state, without computing one."""
+    batch = jnp.zeros((2, *model.image_shape), jnp.float32)
+    return jax.eval_shape(lambda: create_state(model, config, jax.random.PRNGKey(0), batch))
+
+
+@functools.lru_cache(maxsize=8)
+def make_train_step(model: FlowModel, config: TrainConfig) -> Callable:
+    """jit-compiled (state, batch [B, H, W, 1] in [0, 1], key) -> (state, bpd)."""
+    optimizer = make_optimizer(config)
+
+    def loss_fn(params, batch, key):
+        return jnp.mean(model.bits_per_dim(params, model.dequantize(key, batch)))
+
+    @jax.jit
+    def train_step(state, batch, key):
+        key = jax.random.fold_in(key, state["step"])
+        bpd, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, bpd
+
+    return train_step
+
+
+@functools.lru_cache(maxsize=8)
+def make_eval_step(model: FlowModel) -> Callable:
+    """jit-compiled (params, batch, key) -> bits/dim [B] of the dequantised batch."""
+    return jax.jit(lambda params, batch, key: model.bits_per_dim(
+        params, model.dequantize(key, batch)))
+
+
+def evaluate(eval_step: Callable, params: dict, data: SliceSet, batch_size: int,
+             mesh, seed: int = 0) -> float:
+    """Mean bits/dim over all of `data`, in fixed-size batches (the last one padded)."""
+    total, count = 0.0, 0
+    for index, valid in fixed_batches(len(data), batch_size):
+        batch = shard_batch(mesh, data.slices[index][..., None])
+        key = jax.random.PRNGKey(seed + int(index[0]))  # index[0]: the batch's start
+        bpd = np.asarray(eval_step(params, batch, key))
+        total += float(bpd[:valid].sum())
+        count += valid
+    return total / max(count, 1)
