@@ -83,13 +83,28 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PhantomConfig:
-    """Size of the built-in multi-site data set (see `bh_jax.data.phantom`)."""
+    """Size of the built-in multi-site data set (see `bh_jax.data.phantom`).
+
+    Attributes:
+      voxel_mm: isotropic voxel size of every image.
+      n_train, n_val, n_test: subjects of each split, imaged at every site.
+      extra_train: more training subjects after the test ones, imaged at the
+        target site only (a prior's training data; validation and test
+        subjects stay the same whatever this is).
+      seed: subject `i` is drawn from the generator seeded with (seed, i).
+    """
 
     voxel_mm: float = 6.0
     n_train: int = 4
     n_val: int = 1
     n_test: int = 2
     seed: int = 0
+    extra_train: int = 0
+
+    def evaluation(self) -> "PhantomConfig":
+        """The same data set without the extra training subjects: what evaluations
+        (the demo, `bh-bench`) need, whatever a prior was trained on."""
+        return dataclasses.replace(self, extra_train=0)
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,27 @@ class Config:
                 raise ValueError(f"unknown {section} fields: {sorted(unknown)}")
             updates[section] = dataclasses.replace(current, **values)
         return dataclasses.replace(self, **updates)
+
+    def with_settings(self, settings: list[str]) -> "Config":
+        """A copy with `section.field=value` settings applied (e.g. `flow.hidden=64`),
+        each value parsed as its field's type; ValueError names a bad one."""
+        sections: dict[str, dict[str, Any]] = {}
+        for setting in settings:
+            key, _, text = setting.partition("=")
+            section, _, name = key.strip().partition(".")
+            current = getattr(self, section, None)
+            fields = {f.name: f for f in dataclasses.fields(current)} if \
+                dataclasses.is_dataclass(current) else {}
+            if not text or name not in fields:
+                raise ValueError(f"--set {setting!r}: expected SECTION.FIELD=VALUE with a "
+                                 f"field of data, flow, train or phantom")
+            kind = type(getattr(current, name))
+            try:
+                value = (text.lower() in ("1", "true", "yes")) if kind is bool else kind(text)
+            except ValueError:
+                raise ValueError(f"--set {setting!r}: {text!r} is not a {kind.__name__}") from None
+            sections.setdefault(section, {})[name] = value
+        return self.replace(**sections)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": CONFIG_VERSION, **dataclasses.asdict(self)}

@@ -47,6 +47,20 @@ def shared_folder(tmp_path_factory, name: str):
 
 
 @pytest.fixture(scope="session")
+def small_volume():
+    """A function of a seed: ([3, 8, 8] slices in [0.2, 0.8] inside a box mask, the masks)."""
+    import numpy as np
+
+    def make(seed=0):
+        rng = np.random.default_rng(seed)
+        masks = np.zeros((3, 8, 8), bool)
+        masks[:, 2:6, 1:7] = True
+        return np.where(masks, rng.uniform(0.2, 0.8, masks.shape), 0.0).astype(np.float32), masks
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_config():
     return get_preset("tiny")
 

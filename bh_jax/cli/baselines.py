@@ -19,6 +19,11 @@ from bh_jax.cli.common import Parser, positive_float, positive_int, run, writabl
 from bh_jax.config import PRESETS
 
 _CHECKED = {int: positive_int, float: positive_float}
+_FIELD_HELP = {"source": "the ONE source domain of unet / cyclegan (a site of the data set)",
+               "features": "U-net width", "depth": "U-net downsamplings",
+               "steps": "Adam steps", "batch_size": "slices per step",
+               "learning_rate": "Adam learning rate", "loss": "unet loss: l1 or l2",
+               "cycle_weight": "cyclegan: weight of the cycle losses"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = Parser(prog="bh-baselines", description=__doc__.split("\n\n")[0],
                     epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("kind", choices=KINDS)
-    parser.add_argument("--workdir", required=True)
+    parser.add_argument("kind", choices=KINDS, help="what to train")
+    parser.add_argument("--workdir", required=True, help="training folder (created/resumed)")
     parser.add_argument("--preset", default="demo", choices=sorted(PRESETS),
                         help="slice size and built-in data set")
     parser.add_argument("--data-dir", help="the built-in data set (default data/phantom-PRESET)")
@@ -37,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         default = getattr(defaults, field.name)
         parser.add_argument(f"--{field.name.replace('_', '-')}", default=default,
-                            type=_CHECKED.get(type(default), type(default)))
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--no-progress", action="store_true")
+                            type=_CHECKED.get(type(default), type(default)),
+                            help=_FIELD_HELP[field.name])
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="initialisation seed")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     def body() -> int:

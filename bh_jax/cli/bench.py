@@ -55,11 +55,12 @@ def main(argv: list[str] | None = None) -> int:
                     epilog=__doc__.split("\n\n", 1)[1])
     sub = parser.add_subparsers(dest="command", required=True)
     flow = sub.add_parser("flow", help="flow size and speed")
-    flow.add_argument("--preset", default="reference")
-    flow.add_argument("--batch-size", type=positive_int, default=8)
+    flow.add_argument("--preset", default="reference", help="model size (bh_jax/config.py)")
+    flow.add_argument("--batch-size", type=positive_int, default=8, help="slices per call")
     harm = sub.add_parser("harmonize", help="harmonization slices/s per solver")
-    harm.add_argument("--preset", default="demo")
-    harm.add_argument("--batch-size", type=positive_int, nargs="+", default=[16])
+    harm.add_argument("--preset", default="demo", help="model size (bh_jax/config.py)")
+    harm.add_argument("--batch-size", type=positive_int, nargs="+", default=[16],
+                      help="slices per compiled batch (several: one row each)")
     harm.add_argument("--memory-only", action="store_true",
                       help="report XLA's memory plan per batch size, without timing")
     harm.add_argument("--steps", type=positive_int,
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=text)
         p.add_argument("--checkpoint", required=True, help="flow training folder")
         p.add_argument("--data-dir", help="the built-in data set (default data/phantom-PRESET)")
-        p.add_argument("--batch-size", type=positive_int, default=32)
+        p.add_argument("--batch-size", type=positive_int, default=32,
+                       help="slices per compiled batch")
         p.add_argument("--slice-stride", type=positive_int, default=1,
                        help="use every k-th slice of each volume (quicker)")
     for name in ("sweep", "quality"):
@@ -96,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="training steps of missing baselines (default: BaselineConfig's)")
     qu.add_argument("--sites", nargs="+", help="source domains (default: all eight)")
     sw = sub.choices["sweep"]
-    sw.add_argument("--b2", type=non_negative_float, nargs="+", default=[0.0, 0.01, 0.1])
-    sw.add_argument("--alpha", type=non_negative_float, nargs="+", default=[0.001, 0.01, 0.1])
-    sw.add_argument("--learning-rate", type=positive_float, nargs="+", default=[0.05])
-    sw.add_argument("--steps", type=positive_int, nargs="+", default=[100])
+    sw.add_argument("--b2", type=non_negative_float, nargs="+", default=[0.0, 0.01, 0.1],
+                    help="edge weights to try")
+    sw.add_argument("--alpha", type=non_negative_float, nargs="+", default=[0.001, 0.01, 0.1],
+                    help="prior weights to try")
+    sw.add_argument("--learning-rate", type=positive_float, nargs="+", default=[0.05],
+                    help="solver step sizes to try")
+    sw.add_argument("--steps", type=positive_int, nargs="+", default=[100],
+                    help="solver steps to try")
     sw.add_argument("--sites", nargs="+", default=SWEEP_SITES, choices=SWEEP_SITES,
                     help="source domains to score")
     calibration = CalibrationConfig()
@@ -110,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"intensity calibration: {help_text} (init 'calibrated' only; "
                              f"default {getattr(calibration, name)})")
     for p in sub.choices.values():
-        p.add_argument("--repeats", type=positive_int, default=3)
+        p.add_argument("--repeats", type=positive_int, default=3,
+                       help="timed calls after the first (the best is reported)")
         p.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     return run(lambda: _run(args), getattr(args, "batch_size", None))

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bh_jax.cli.common import Parser, positive_float, positive_int, run
+from bh_jax.cli.common import Parser, fail, positive_float, positive_int, run
 from bh_jax.config import PRESETS
 
 
@@ -31,7 +31,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mask-dir", help="brain masks matched to --data files by name "
                                            "(default: automatic masks)")
     parser.add_argument("--data-dir", help="where the built-in data set is generated "
-                                           "(default data/phantom-PRESET)")
+                                           "(default data/phantom-PRESET, or "
+                                           "data/phantom-PRESET-Ntrain with --train-subjects)")
+    parser.add_argument("--train-subjects", type=positive_int,
+                        help="--data phantom: training subjects; beyond the preset's (demo "
+                             "16), extra ones imaged at the target site only, validation and "
+                             "test subjects unchanged (default: the preset's)")
     parser.add_argument("--steps", type=positive_int,
                         help="training steps (default: the preset's: " + ", ".join(
                             f"{n} {c.train.steps}" for n, c in PRESETS.items()) + ")")
@@ -42,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=positive_float,
                         help="peak Adam learning rate (default: the preset's: " + ", ".join(
                             f"{n} {c.train.learning_rate:g}" for n, c in PRESETS.items()) + ")")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override any preset setting, e.g. --set flow.hidden=64 "
+                             "(repeatable; bh_jax/config.py lists them)")
     parser.add_argument("--seed", type=int, help="batch and noise seed (default: the preset's, 0)")
     parser.add_argument("--distributed", action="store_true",
                         help="call jax.distributed.initialize() first (multi-host)")
@@ -53,10 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bh_jax.config import get_preset
 
-    config = get_preset(args.preset)
+    try:
+        config = get_preset(args.preset).with_settings(args.set)
+    except ValueError as err:
+        return fail(err)
     overrides = {"steps": args.steps, "batch_size": args.batch_size,
                  "learning_rate": args.learning_rate, "seed": args.seed}
     config = config.replace(train={k: v for k, v in overrides.items() if v is not None})
+    if args.train_subjects is not None:
+        if args.data != "phantom":
+            return fail("--train-subjects is for --data phantom (a folder trains on all it holds)")
+        if args.train_subjects < config.phantom.n_train:
+            return fail(f"--train-subjects must be at least the preset's "
+                        f"{config.phantom.n_train}, got {args.train_subjects}")
+        config = config.replace(phantom={"extra_train": args.train_subjects
+                                         - config.phantom.n_train})
 
     def body() -> int:
         import jax
@@ -69,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
             jax.distributed.initialize()
         check_resume(args.workdir, config)
         if args.data == "phantom":
-            data_dir = args.data_dir or f"data/phantom-{config.name}"
+            extra = config.phantom.extra_train
+            data_dir = args.data_dir or (f"data/phantom-{config.name}" + (
+                f"-{config.phantom.n_train + extra}train" if extra else ""))
             train_set, val_set = phantom_slices(config, data_dir, progress=not args.no_progress)
         else:
             train_set, val_set = folder_slices(args.data, config, args.mask_dir)

@@ -245,7 +245,9 @@ def unit_scale(image: np.ndarray, mask: np.ndarray, percentile: float = 99.5) ->
 def _split_of(index: int, cfg: PhantomConfig) -> str:
     if index < cfg.n_train:
         return "train"
-    return "val" if index < cfg.n_train + cfg.n_val else "test"
+    if index < cfg.n_train + cfg.n_val:
+        return "val"
+    return "test" if index < cfg.n_train + cfg.n_val + cfg.n_test else "train"
 
 
 def _save(path: Path, data: np.ndarray, affine: np.ndarray, dtype: type) -> None:
@@ -256,14 +258,18 @@ def _save(path: Path, data: np.ndarray, affine: np.ndarray, dtype: type) -> None
     nib.save(image, str(path))
 
 
-def render_subject(cfg: PhantomConfig, index: int, typical: bool = False
-                   ) -> tuple[Anatomy, dict[str, np.ndarray]]:
+def render_subject(cfg: PhantomConfig, index: int, typical: bool = False,
+                   sites: tuple[str, ...] = tuple(SITES)) -> tuple[Anatomy, dict[str, np.ndarray]]:
     """Subject `index` of the data set and its image at every site and shift
-    (`typical`: with the population's tissue constants, see `make_anatomy`)."""
+    (`typical`: with the population's tissue constants, see `make_anatomy`).
+    `sites` limits the rendering (the target first, as always: its image does
+    not depend on which other sites are rendered after it)."""
     rng = np.random.default_rng([cfg.seed, index])
     anatomy = make_anatomy(rng, cfg.voxel_mm, typical)
     rendered = {site: render(anatomy, protocol, rng, cfg.voxel_mm)
-                for site, protocol in SITES.items()}
+                for site, protocol in SITES.items() if site in sites}
+    if sites != tuple(SITES):
+        return anatomy, rendered
     target_unit = unit_scale(rendered[TARGET_SITE], anatomy.mask)
     for shift in SHIFT_SITES:
         rendered[shift] = apply_shift(target_unit, shift)
@@ -283,10 +289,12 @@ def generate(out: str | Path, cfg: PhantomConfig, preset: str = "custom",
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _, affine = grid(cfg.voxel_mm)
-    n_subjects = cfg.n_train + cfg.n_val + cfg.n_test
+    n_imaged = cfg.n_train + cfg.n_val + cfg.n_test  # at every site; the extra ones at one
     images, subjects = [], []
-    for index in tqdm(range(n_subjects), desc="phantom subjects", disable=not progress):
-        anatomy, rendered = render_subject(cfg, index)
+    for index in tqdm(range(n_imaged + cfg.extra_train), desc="phantom subjects",
+                      disable=not progress):
+        anatomy, rendered = render_subject(
+            cfg, index, sites=tuple(SITES) if index < n_imaged else (TARGET_SITE,))
         sid, split = f"sub-{index:03d}", _split_of(index, cfg)
         folder = out / sid
         folder.mkdir(exist_ok=True)
@@ -326,7 +334,7 @@ def ensure_phantom(folder: str | Path, cfg: PhantomConfig, preset: str = "custom
     folder = Path(folder)
     if (folder / MANIFEST).is_file():
         manifest = load_manifest(folder)
-        if manifest["config"] != asdict(cfg):
+        if PhantomConfig(**manifest["config"]) != cfg:  # fields added later: defaults
             raise ValueError(f"{folder}: holds the built-in data set of preset "
                              f"{manifest['preset']!r} with other settings; use another folder")
         return manifest

@@ -159,7 +159,7 @@ def bench_harmonize(preset: str, batch: int, steps: int | None, repeats: int,
 def _evaluation(checkpoint: str, data_dir: str | None):
     flow = load_flow(checkpoint)
     manifest = ensure_phantom(data_dir or f"data/phantom-{flow.config.name}",
-                              flow.config.phantom, flow.config.name)
+                              flow.config.phantom.evaluation(), flow.config.name)
     return flow, manifest
 
 

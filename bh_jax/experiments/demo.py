@@ -84,7 +84,7 @@ def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     flow = load_flow(checkpoint or pretrained.path("demo"))
-    manifest = ensure_phantom(data_dir or output_dir / "data", flow.config.phantom,
+    manifest = ensure_phantom(data_dir or output_dir / "data", flow.config.phantom.evaluation(),
                               flow.config.name, progress=progress)
     test_subjects = [s["subject"] for s in manifest["subjects"] if s["split"] == "test"]
     test_subjects = test_subjects[:subjects]

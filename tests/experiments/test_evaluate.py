@@ -35,16 +35,8 @@ def test_prior_check_ranks_truth_hm_and_source(trained, tiny_phantom):
     assert result["siteD"]["Source"]["bpd"] > result["siteD"]["Truth"]["bpd"]
 
 
-def _volume(seed=0):
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((3, 8, 8), bool)
-    masks[:, 2:6, 1:7] = True
-    slices = np.where(masks, rng.uniform(0.2, 0.8, masks.shape), 0.0).astype(np.float32)
-    return slices, masks
-
-
-def test_best_affine_recovers_an_exact_affine_map():
-    source, masks = _volume()
+def test_best_affine_recovers_an_exact_affine_map(small_volume):
+    source, masks = small_volume()
     truth = np.where(masks, 0.6 * source + 0.15, 0.0).astype(np.float32)
     np.testing.assert_allclose(best_affine(source, truth, masks), truth, atol=1e-6)
     # Outside the mask it is zero whatever the source; an empty mask gives zeros.

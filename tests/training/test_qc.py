@@ -21,14 +21,6 @@ def _val_slices(manifest, config, site, key="path"):
     return np.concatenate([prepare_entry(e, config.data, key=key).slices for e in entries])
 
 
-def _volume(seed=0):
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((3, 8, 8), bool)
-    masks[:, 2:6, 1:7] = True
-    slices = np.where(masks, rng.uniform(0.2, 0.8, masks.shape), 0.0).astype(np.float32)
-    return slices, masks
-
-
 def test_prior_scores_match_the_flow_slice_by_slice(trained, tiny_phantom):
     workdir, config, _ = trained
     flow = load_flow(workdir)
@@ -40,8 +32,8 @@ def test_prior_scores_match_the_flow_slice_by_slice(trained, tiny_phantom):
     np.testing.assert_allclose(scores["z2"], np.mean(np.asarray(z) ** 2, axis=-1), rtol=1e-5)
 
 
-def test_scale_contrast_scales_deviations_about_each_slice_in_mask_mean():
-    slices, masks = _volume(1)
+def test_scale_contrast_scales_deviations_about_each_slice_in_mask_mean(small_volume):
+    slices, masks = small_volume(1)
     slices[1] += 0.1 * masks[1]  # slices with different means
     np.testing.assert_allclose(scale_contrast(slices, masks, 1.0), slices, atol=1e-6)
     half = scale_contrast(slices, masks, 0.5)

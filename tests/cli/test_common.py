@@ -1,0 +1,138 @@
+"""What every command line shares: checked numbers, defaults in --help, one-line errors."""
+
+import argparse
+import errno
+
+import jax
+import pytest
+
+from bh_jax.cli import baselines as baselines_cli
+from bh_jax.cli import bench, common, harmonize, phantom, train
+from bh_jax.cli import pretrained as pretrained_cli
+
+COMMANDS = {"bh-harmonize": harmonize.main, "bh-train": train.main, "bh-bench": bench.main,
+            "bh-phantom": phantom.main, "bh-baselines": baselines_cli.main,
+            "bh-pretrained": pretrained_cli.main}
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["bh-harmonize", "x.nii.gz", "--checkpoint", "c", "--output-dir", "o", "--batch-size", "0"],
+     "--batch-size"),
+    (["bh-harmonize", "x.nii.gz", "--checkpoint", "c", "--output-dir", "o", "--batch-size", "-4"],
+     "--batch-size"),
+    (["bh-harmonize", "x.nii.gz", "--checkpoint", "c", "--output-dir", "o", "--steps", "-1"],
+     "--steps"),
+    (["bh-harmonize", "x.nii.gz", "--checkpoint", "c", "--output-dir", "o", "--alpha", "nan"],
+     "--alpha"),
+    (["bh-harmonize", "x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
+      "--calibration-pool", "0"], "--calibration-pool"),
+    (["bh-train", "--data", "phantom", "--workdir", "w", "--steps", "0"], "--steps"),
+    (["bh-train", "--data", "phantom", "--workdir", "w", "--batch-size", "0"], "--batch-size"),
+    (["bh-train", "--data", "phantom", "--workdir", "w", "--learning-rate", "0"],
+     "--learning-rate"),
+    (["bh-bench", "harmonize", "--batch-size", "0"], "--batch-size"),
+    (["bh-baselines", "unet", "--workdir", "w", "--steps", "0"], "--steps"),
+])
+def test_numbers_are_checked_before_any_work(argv, option, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        COMMANDS[argv[0]](argv[1:])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: argument {option}: must be ") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir()), "nothing is written for refused arguments"
+
+
+def _parsers():
+    yield "bh-harmonize", harmonize.build_parser()
+    for name, main in (("bh-train", train.main), ("bh-bench", bench.main),
+                       ("bh-phantom", phantom.main), ("bh-baselines", baselines_cli.main)):
+        parsers = []
+        original = common.Parser.parse_args
+
+        def capture(self, *args, **kwargs):
+            parsers.append(self)
+            raise SystemExit(0)
+
+        common.Parser.parse_args = capture
+        try:
+            with pytest.raises(SystemExit):
+                main(["--help"])
+        finally:
+            common.Parser.parse_args = original
+        yield name, parsers[0]
+
+
+def test_help_shows_every_default():
+    for name, parser in _parsers():
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for each in [parser] + [p for s in subparsers for p in s.choices.values()]:
+            text = each.format_help()
+            for action in each._actions:
+                if (action.option_strings and action.default not in (None, False,
+                                                                     argparse.SUPPRESS)):
+                    default = str(action.default)
+                    assert f"default: {default}" in " ".join(text.split()), \
+                        (name, action.option_strings, default)
+
+
+def test_errors_a_user_can_act_on_are_one_line(capsys):
+    def raising(err):
+        def body():
+            raise err
+        return body
+
+    for err, expected in [
+            (ValueError("x.nii.gz: not a NIfTI file\nmore"), "error: x.nii.gz: not a NIfTI file\n"),
+            (OSError(errno.ENOSPC, "No space left on device", "/out/a.nii.gz"),
+             "error: /out/a.nii.gz: no space left on device\n"),
+            (OSError(errno.EROFS, "Read-only file system", "/ro"),
+             "error: /ro: read-only file system\n"),
+            (jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9 bytes."),
+             None)]:
+        assert common.run(raising(err), batch_size=8) == 2
+        err_text = capsys.readouterr().err
+        if expected is None:
+            assert err_text.startswith("error: out of memory with batches of 8 slices")
+            assert "lower --batch-size" in err_text and err_text.count("\n") == 1
+        else:
+            assert err_text == expected
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        common.run(raising(KeyError("bug")))
+    with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
+        common.run(raising(jax.errors.JaxRuntimeError("INTERNAL: something else")))
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="exists and is not a folder \\(--output-dir\\)"):
+        common.writable_folder(tmp_path / "file", "--output-dir")
+    assert common.writable_folder(tmp_path / "new" / "out", "--output-dir").is_dir()
+    assert not list((tmp_path / "new" / "out").iterdir()), "the probe file is removed"
+
+    # A read-only file system (chmod cannot show it: the tests may run as root).
+    def read_only(self, data):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(type(tmp_path), "write_bytes", read_only)
+    with pytest.raises(ValueError, match="out: cannot write there \\(--output-dir: "
+                                         "read-only file system\\)"):
+        common.writable_folder(tmp_path / "out", "--output-dir")
+
+
+@pytest.mark.slow  # subprocesses
+def test_every_console_script_is_installed_and_answers_help():
+    import shutil
+    import subprocess
+    import tomllib
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
+    assert set(scripts) >= set(COMMANDS)
+    for name in scripts:
+        path = shutil.which(name)
+        assert path, f"{name} is not installed: pip install -e . first"
+        result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"usage: {name}")
