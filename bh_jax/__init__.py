@@ -22,6 +22,7 @@ _PUBLIC = {
     "Config": "bh_jax.config", "get_preset": "bh_jax.config",
     "load_volume": "bh_jax.io", "save_like": "bh_jax.io",
     "prepare_volume": "bh_jax.preprocess", "reassemble": "bh_jax.preprocess",
+    "load_scan": "bh_jax.inputs",
     "FlowModel": "bh_jax.flows.model",
     "load_flow": "bh_jax.training.checkpoint",
     "CalibrationConfig": "bh_jax.harmonize.settings", "SolverConfig": "bh_jax.harmonize.settings",
@@ -29,6 +30,7 @@ _PUBLIC = {
     "Harmonizer": "bh_jax.harmonize.engine",
     "harmonize_volume": "bh_jax.harmonize.pipeline",
     "harmonize_volumes": "bh_jax.harmonize.pipeline",
+    "save_harmonized": "bh_jax.harmonize.run",
 }
 _SUBMODULES = ("pretrained",)
 

@@ -1,4 +1,5 @@
-"""Scans in: NIfTI files found, matched to masks, loaded and checked, cut into slices.
+"""Scans in: NIfTI files found, matched to masks, loaded and checked, brought to the
+prior's grid and cut into slices.
 
 Used by training (a target site's folder) and by harmonization (any site's scans):
 every problem with a file is a `BadInputError` whose message names it.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +17,19 @@ import numpy as np
 from bh_jax.config import DataConfig
 from bh_jax.io import (
     BadInputError,
+    Volume,
     is_nifti_path,
     load_mask,
     load_volume,
     strip_nifti_suffix,
 )
-from bh_jax.preprocess import PreparedVolume, negative_fraction, prepare_volume
+from bh_jax.preprocess import (
+    PreparedVolume,
+    auto_brain_mask,
+    negative_fraction,
+    prepare_volume,
+)
+from bh_jax.resample import Resampling, to_prior_grid
 
 
 def find_nifti(inputs: list[str | os.PathLike]) -> list[Path]:
@@ -59,51 +68,90 @@ MAX_BRAIN_OUTSIDE_WINDOW = 0.01
 MAX_NEGATIVE_FRACTION = 0.01
 
 
-# In-plane voxel sizes further than this (relative) from those of the prior's
-# training volumes get a warning: the prior learned brains at that scale.
-RESOLUTION_TOLERANCE = 0.2
+@dataclass
+class Scan:
+    """One input scan: its own voxels (what is written) and its version on the
+    prior's grid (what the methods see).
+
+    Attributes:
+      path: the file.
+      native: the scan as loaded (canonical order, the file's geometry kept).
+      native_mask: bool brain mask of `native.data`.
+      prepared: the scan on the prior's grid, cut into slices.
+      resampling: what was done to bring it there.
+      mask_source: the mask file, or 'automatic'.
+    """
+
+    path: Path
+    native: Volume
+    native_mask: np.ndarray
+    prepared: PreparedVolume
+    resampling: Resampling
+    mask_source: str
 
 
-def resolution_warning(voxel_mm: np.ndarray, trained_mm: np.ndarray | None) -> str | None:
-    """One line if a volume's in-plane voxel size differs from the training
-    volumes' by more than 20 % on either axis; None if not, or if unknown."""
-    if trained_mm is None or not np.all(np.isfinite(trained_mm[:2])):
-        return None
-    ratio = np.asarray(voxel_mm[:2], float) / np.asarray(trained_mm[:2], float)
-    if np.all(np.abs(ratio - 1.0) <= RESOLUTION_TOLERANCE):
-        return None
-
-    def size(mm):
-        return "x".join(f"{v:.3g}" for v in mm[:2])
-    return (f"in-plane voxel size {size(voxel_mm)} mm differs by more than 20 % from the "
-            f"prior's training volumes' {size(trained_mm)} mm: resample to it for a "
-            "reliable result")
+def _window_needed(mask: np.ndarray, factor: int) -> tuple[int, int]:
+    """The smallest slice (multiple of `factor`) holding the mask's in-plane extent."""
+    xs, ys, _ = np.nonzero(mask)
+    return tuple(int(-(-(span + 1) // factor) * factor)
+                 for span in (xs.max() - xs.min(), ys.max() - ys.min()))
 
 
-def load_prepared(path: Path, config: DataConfig, mask_path: Path | None = None,
-                  min_size: int = 1) -> PreparedVolume:
-    """Loads and prepares one volume; BadInputError if it cannot be used (signed
-    intensities, no brain slice, or more than 1 % of the brain outside the
-    slice window)."""
+def load_scan(path: str | os.PathLike, config: DataConfig, voxel_mm: float | None = None,
+              mask_path: str | os.PathLike | None = None, min_size: int = 1) -> Scan:
+    """Loads a scan, checks it, and brings it to the prior's grid (`voxel_mm`
+    isotropic; None: its own grid).
+
+    Raises:
+      BadInputError (one line naming the file): unreadable, not 3D, bad geometry,
+        NaN/Inf, signed or constant intensities, an empty or mismatched mask, no
+        slice with enough brain, or a brain too large for the slice window.
+    """
+    path = Path(path)
     volume = load_volume(path)
     negative = negative_fraction(volume.data)
     if negative > MAX_NEGATIVE_FRACTION:
         raise BadInputError(path, f"{negative:.0%} of the non-zero voxels are negative: "
                                   "expected MR magnitudes with a zero background, not "
                                   "z-scored or mean-centred intensities")
-    if min(volume.data.shape[:2]) < min_size:
-        raise BadInputError(path, f"in-plane size {volume.data.shape[:2]} is smaller than "
+    mask = load_mask(mask_path, volume) if mask_path else auto_brain_mask(volume.data)
+    inside = volume.data[mask]
+    if inside.size == 0:
+        raise BadInputError(path, "the automatic brain mask is empty (is the volume "
+                                  "skull-stripped? give a mask with --mask-dir)")
+    if np.ptp(inside) <= 1e-6 * max(float(np.abs(inside).max()), 1e-30):
+        raise BadInputError(path, f"the brain is constant (every voxel is {inside[0]:g}): "
+                                  "nothing to harmonize")
+    grid, grid_mask, record = to_prior_grid(volume, mask, voxel_mm)
+    if min(grid.data.shape[:2]) < min_size:
+        raise BadInputError(path, f"in-plane size {grid.data.shape[:2]} is smaller than "
                                   f"the model's minimum {min_size}x{min_size}")
-    mask = load_mask(mask_path, volume) if mask_path else None
-    prepared = prepare_volume(volume, config, mask)
+    prepared = prepare_volume(grid, config, grid_mask)
     if len(prepared.slices) == 0:
         raise BadInputError(path, "no axial slice has enough brain (check the mask, or "
                                   "lower data.min_brain_fraction)")
     outside = prepared.brain_outside_window()
     if outside > MAX_BRAIN_OUTSIDE_WINDOW:
-        zooms = "x".join(f"{z:g}" for z in volume.header.get_zooms()[:3])
-        raise BadInputError(path, f"{outside:.0%} of the brain lies outside the model's "
-                                  f"{config.height}x{config.width} slice window (voxels "
-                                  f"{zooms} mm): resample it to the prior's training "
-                                  "resolution, or train a prior with a larger slice size")
-    return prepared
+        needed = _window_needed(grid_mask, max(min_size, 1))
+        raise BadInputError(path, f"{outside:.0%} of the brain lies outside the prior's "
+                                  f"{config.height}x{config.width} slice window at "
+                                  f"{float(np.max(grid.voxel_mm)):.3g} mm: it needs a prior with "
+                                  f"slices of at least {needed[0]}x{needed[1]}")
+    return Scan(path, volume, mask, prepared, record, str(mask_path) if mask_path else
+                "automatic")
+
+
+def scan_of(prepared: PreparedVolume, mask_source: str) -> Scan:
+    """A volume already prepared on the prior's grid as a `Scan` (its own grid)."""
+    volume = prepared.volume
+    record = Resampling(volume.data.shape, tuple(float(v) for v in volume.voxel_mm), False,
+                        float(np.median(volume.voxel_mm)), volume.data.shape, (0.0, 0.0, 0.0),
+                        False)
+    return Scan(Path(volume.path), volume, prepared.mask, prepared, record, mask_source)
+
+
+def load_prepared(path: Path, config: DataConfig, mask_path: Path | None = None,
+                  min_size: int = 1) -> PreparedVolume:
+    """A scan on the grid of `config.voxel_mm` (its own if None), cut into slices
+    (`load_scan`)."""
+    return load_scan(path, config, config.voxel_mm, mask_path, min_size).prepared

@@ -22,6 +22,8 @@ import numpy as np
 from nibabel import orientations as ornt
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Voxels larger than this are not a brain scan's (the prior's grids are 1-6 mm).
+MAX_VOXEL_MM = 10.0
 _RAS = ornt.axcodes2ornt(("R", "A", "S"))
 
 
@@ -73,6 +75,13 @@ class Volume:
         canonical[self._file_ornt[:, 0].astype(int)] = sizes
         return canonical
 
+    @property
+    def canonical_affine(self) -> np.ndarray:
+        """float [4, 4]: voxel -> world of `data` (canonical order), the same world."""
+        transform = ornt.ornt_transform(self._file_ornt, _RAS)
+        shape = self.header.get_data_shape()[:3]
+        return self.affine @ ornt.inv_ornt_aff(transform, shape)
+
     def to_canonical(self, array: np.ndarray) -> np.ndarray:
         """Reorders an array in the file's voxel order into RAS order."""
         return ornt.apply_orientation(array, ornt.ornt_transform(self._file_ornt, _RAS))
@@ -80,6 +89,35 @@ class Volume:
     def to_original(self, array: np.ndarray) -> np.ndarray:
         """Reorders an array in RAS order back into the file's voxel order."""
         return ornt.apply_orientation(array, ornt.ornt_transform(_RAS, self._file_ornt))
+
+
+# More voxels than this (a 1024^3 volume) is no brain scan: refused before reading.
+MAX_VOXELS = 1024**3
+
+
+def check_data_size(path: Path, image: nib.Nifti1Image) -> None:
+    """BadInputError, before any voxel is read, if the header claims more voxels than
+    MAX_VOXELS or more bytes than the file holds (a .nii's size, a .nii.gz's
+    recorded uncompressed size)."""
+    shape = image.header.get_data_shape()
+    voxels = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    if voxels > MAX_VOXELS:
+        raise BadInputError(path, f"the header claims {' x '.join(map(str, shape))} voxels, "
+                                  f"more than any brain scan ({MAX_VOXELS} at most)")
+    offset = getattr(image.dataobj, "offset", image.header.get_data_offset())
+    needed = int(offset) + voxels * image.get_data_dtype().itemsize
+    if path.name.endswith(".gz"):
+        with open(path, "rb") as file:  # gzip's last 4 bytes: the size mod 2^32
+            file.seek(max(path.stat().st_size - 4, 0))
+            held = int.from_bytes(file.read(4), "little")
+        short = needed < 2**32 and held < needed
+    else:
+        held = path.stat().st_size
+        short = held < needed
+    if short:
+        raise BadInputError(path, f"truncated or corrupt image data (the header's "
+                                  f"{' x '.join(map(str, shape))} voxels need {needed} bytes, "
+                                  f"the file holds {held})")
 
 
 def _read_image(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
@@ -93,6 +131,7 @@ def _read_image(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
         raise BadInputError(path, f"not a readable NIfTI file ({type(err).__name__})") from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise BadInputError(path, f"not a NIfTI image ({type(image).__name__})")
+    check_data_size(path, image)
     try:
         data = np.asarray(image.get_fdata(dtype=np.float32))
     except (EOFError, zlib.error, OSError, ValueError) as err:
@@ -116,6 +155,7 @@ def load_volume(path: str | os.PathLike) -> Volume:
     image, data = _read_image(path)
     if data.ndim != 3:
         raise BadInputError(path, f"expected a 3D volume, got shape {data.shape}")
+    check_geometry(path, image.affine)
     n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
     if n_bad:
         raise BadInputError(path, f"{n_bad} voxels are NaN or Inf")
@@ -125,6 +165,21 @@ def load_volume(path: str | os.PathLike) -> Volume:
                     header=image.header.copy())
     volume.data = np.ascontiguousarray(volume.to_canonical(data), dtype=np.float32)
     return volume
+
+
+def check_geometry(path: str | os.PathLike, affine: np.ndarray) -> None:
+    """BadInputError unless the affine is finite and invertible with voxel sizes in
+    (0, MAX_VOXEL_MM] mm."""
+    affine = np.asarray(affine, float)
+    if not np.all(np.isfinite(affine)):
+        raise BadInputError(path, "the affine (qform/sform) has NaN or Inf entries")
+    sizes = nib.affines.voxel_sizes(affine)
+    if not np.all(sizes > 1e-6) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise BadInputError(path, f"the affine is singular (voxel sizes "
+                                  f"{', '.join(f'{s:.3g}' for s in sizes)} mm)")
+    if np.any(sizes > MAX_VOXEL_MM):
+        raise BadInputError(path, f"voxel sizes {', '.join(f'{s:.3g}' for s in sizes)} mm: "
+                                  f"more than {MAX_VOXEL_MM:g} mm is not a brain scan's")
 
 
 def load_mask(path: str | os.PathLike, like: Volume) -> np.ndarray:

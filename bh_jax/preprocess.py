@@ -66,6 +66,74 @@ class IntensityScale:
         return (unit * self.high).astype(np.float32)
 
 
+# Immerkaer's Laplacian-difference kernel: flat and linear regions give 0, white
+# noise of std s gives std 6 s (the kernel's norm); median |response| / 0.6745
+# ignores the few pixels on edges.
+_NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
+
+
+def _noise_inside(masks: np.ndarray) -> np.ndarray:
+    """Where noise is measured: the brain eroded by 2 pixels, slices with >= 20 of them."""
+    inner = np.stack([ndimage.binary_erosion(m, iterations=2) for m in np.asarray(masks, bool)])
+    return inner & (inner.sum(axis=(-2, -1), keepdims=True) >= 20)
+
+
+def noise_contrast_ratio(slices: np.ndarray, masks: np.ndarray,
+                         inside: np.ndarray | None = None) -> float:
+    """Noise relative to contrast of [N, H, W] slices: a robust noise standard
+    deviation (the median absolute Laplacian difference inside the brain, eroded
+    by 2 pixels; Immerkaer's kernel) over the in-brain 10-90 % percentile spread.
+
+    Unchanged by any affine intensity map and nearly so by smooth monotone ones:
+    on the built-in data the target and every paper shift of it score 0.038-0.039,
+    noisier scanners 0.055-0.10. NaN if the brain is too small to measure.
+    `inside`: `_noise_inside(masks)`, if already computed."""
+    inside = _noise_inside(masks) if inside is None else inside
+    values = np.asarray(slices)[np.asarray(masks, bool)]
+    if not inside.any() or values.size == 0:
+        return float("nan")
+    response = np.stack([ndimage.convolve(x, _NOISE_KERNEL, mode="nearest")
+                         for x in np.asarray(slices, np.float64)])
+    low, high = np.percentile(values, [10, 90])
+    noise = np.median(np.abs(response[inside])) / (0.6745 * 6.0)
+    return float(noise / max(high - low, 1e-12))
+
+
+def smooth_in_mask(slices: np.ndarray, masks: np.ndarray, sigma: float) -> np.ndarray:
+    """[N, H, W] slices Gaussian-smoothed in-plane (std `sigma` pixels) inside their
+    masks only (normalised convolution: no dark rim from the background), zero
+    outside. sigma <= 0 returns them unchanged."""
+    slices = np.asarray(slices, np.float32)
+    if sigma <= 0:
+        return slices
+    masks = np.asarray(masks, bool)
+    inside = np.where(masks, slices, 0.0)
+    blurred = np.stack([ndimage.gaussian_filter(x, sigma) for x in inside])
+    weight = np.stack([ndimage.gaussian_filter(m.astype(np.float32), sigma) for m in masks])
+    return np.where(masks, blurred / np.maximum(weight, 1e-6), 0.0).astype(np.float32)
+
+
+def match_noise(slices: np.ndarray, masks: np.ndarray, target_ratio: float,
+                max_sigma: float = 3.0, tolerance: float = 0.01) -> tuple[np.ndarray, float]:
+    """(slices smoothed until their noise-to-contrast ratio is the target's, the
+    smoothing std in pixels, found by bisection to `tolerance`). Slices already at
+    or below the target's ratio (within 5 %), or with none to measure, are
+    returned as they are (sigma 0); at most `max_sigma`."""
+    inside = _noise_inside(masks)
+    ratio = noise_contrast_ratio(slices, masks, inside)
+    if not (np.isfinite(ratio) and np.isfinite(target_ratio)) or ratio <= 1.05 * target_ratio:
+        return np.asarray(slices, np.float32), 0.0
+    low, high = 0.0, max_sigma  # the ratio falls as the smoothing grows
+    while high - low > tolerance:
+        middle = (low + high) / 2
+        if noise_contrast_ratio(smooth_in_mask(slices, masks, middle), masks,
+                                inside) > target_ratio:
+            low = middle
+        else:
+            high = middle
+    return smooth_in_mask(slices, masks, high), round(high, 3)
+
+
 def negative_fraction(data: np.ndarray) -> float:
     """Fraction of the non-zero voxels below -5 % of the positive ones' 99.5th
     percentile. About 0 for MR magnitude images (resampling ringing is smaller);
@@ -122,6 +190,23 @@ class PreparedVolume:
     slice_indices: np.ndarray
     slices: np.ndarray
     slice_masks: np.ndarray
+
+    def world_positions(self) -> np.ndarray:
+        """float32 [N, H, W, 3]: scanner coordinates (mm) of every slice pixel."""
+        h, w = self.slices.shape[1:]
+        i, j = np.meshgrid(np.arange(h) + self.origin[0], np.arange(w) + self.origin[1],
+                           indexing="ij")
+        voxels = np.stack([np.broadcast_to(i, (len(self.slice_indices), h, w)),
+                           np.broadcast_to(j, (len(self.slice_indices), h, w)),
+                           np.broadcast_to(self.slice_indices[:, None, None],
+                                           (len(self.slice_indices), h, w))], axis=-1)
+        affine = self.volume.canonical_affine
+        return (voxels @ affine[:3, :3].T + affine[:3, 3]).astype(np.float32)
+
+    def brain_world_positions(self) -> np.ndarray:
+        """float32 [M, 3]: scanner coordinates (mm) of the volume's brain voxels."""
+        affine = self.volume.canonical_affine
+        return (np.argwhere(self.mask) @ affine[:3, :3].T + affine[:3, 3]).astype(np.float32)
 
     def brain_outside_window(self) -> float:
         """Fraction of the kept slices' brain voxels that fall outside the slice

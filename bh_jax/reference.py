@@ -1,8 +1,9 @@
 """Statistics of the target site's training slices, saved beside checkpoints.
 
 The classical baselines and the harmonizer's initialisation need the target
-domain's intensity distribution (HM), its amplitude spectra (SSIMH) and its
-mean slice (a template). All come from the same training slices.
+domain's intensity distribution (HM), its standard scale (Nyul), its amplitude
+spectra (SSIMH) and its mean slice (a template). All come from the same training
+slices.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from bh_jax.baselines.nyul import PERCENTILES, NyulScale
 from bh_jax.io import atomic_path
+from bh_jax.preprocess import noise_contrast_ratio
 
 N_QUANTILES = 1001
 N_AREA_BINS = 8
@@ -35,6 +38,11 @@ class TargetReference:
       mean_slice: float32 [H, W], mean slice (zero background included).
       voxel_mm: float32 [3], the training volumes' median voxel size (canonical
         R, A, S axes); NaN where unknown (references saved before it existed).
+      nyul: float32 [L], Nyul's standard scale at `baselines.nyul.PERCENTILES`
+        (fitted per training volume); NaN where unknown (references saved before
+        it existed, or made from slices without their volumes).
+      noise_ratio: the training volumes' mean noise-to-contrast ratio
+        (`preprocess.noise_contrast_ratio`); NaN where unknown, as `nyul`.
     """
 
     quantiles: np.ndarray
@@ -42,14 +50,20 @@ class TargetReference:
     amplitudes: np.ndarray
     mean_slice: np.ndarray
     voxel_mm: np.ndarray = field(default_factory=lambda: np.full(3, np.nan, np.float32))
+    nyul: np.ndarray = field(default_factory=lambda: np.full(len(PERCENTILES), np.nan,
+                                                             np.float32))
+    noise_ratio: np.ndarray = field(default_factory=lambda: np.float32(np.nan))
 
     @classmethod
     def from_slices(cls, slices: np.ndarray, masks: np.ndarray,
-                    voxel_mm: np.ndarray | None = None) -> "TargetReference":
+                    voxel_mm: np.ndarray | None = None,
+                    volumes: np.ndarray | None = None) -> "TargetReference":
         """Builds the reference from [N, H, W] slices in [0, 1] and their masks
-        (and the voxel size they were cut at, if known)."""
+        (and the voxel size they were cut at, and the volume [N] each slice
+        came from, if known: Nyul's scale is fitted per volume)."""
         slices = np.asarray(slices, np.float32)
-        values = slices[np.asarray(masks, bool)]
+        masks = np.asarray(masks, bool)
+        values = slices[masks]
         if values.size == 0:
             raise ValueError("cannot build a target reference: no in-mask voxels")
         area = brain_fraction(masks)
@@ -64,7 +78,20 @@ class TargetReference:
             mean_slice=slices.mean(axis=0),
             voxel_mm=np.asarray(voxel_mm if voxel_mm is not None else np.full(3, np.nan),
                                 np.float32),
+            nyul=(np.full(len(PERCENTILES), np.nan, np.float32) if volumes is None else
+                  NyulScale.fit([slices[volumes == v][masks[volumes == v]]
+                                 for v in np.unique(volumes)]).intensities),
+            noise_ratio=np.float32(np.nan if volumes is None else np.nanmean(
+                [noise_contrast_ratio(slices[volumes == v], masks[volumes == v])
+                 for v in np.unique(volumes)])),
         )
+
+    def nyul_scale(self) -> NyulScale:
+        """Nyul's standard scale; ValueError if this reference has none."""
+        if not np.all(np.isfinite(self.nyul)):
+            raise ValueError("this prior's target statistics have no Nyul scale (made by an "
+                             "older bh_jax): give --nyul-from TARGET_SCANS, or train again")
+        return NyulScale(self.nyul, np.asarray(PERCENTILES, np.float32))
 
     def amplitude_for(self, masks: np.ndarray) -> np.ndarray:
         """[..., H, W] reference amplitude for slices with these masks."""

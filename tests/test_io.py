@@ -1,6 +1,9 @@
 import gzip
+import io
 import os
 import stat
+import tracemalloc
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -153,7 +156,27 @@ def _not_nifti(tmp_path):
     return path
 
 
+def _header_claiming(shape, path: Path, gz: bool) -> Path:
+    """A NIfTI whose header claims `shape` (float32) over a 1 KB body."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    header.set_qform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    raw = io.BytesIO()
+    header.write_to(raw)
+    body = raw.getvalue().ljust(352, b"\0") + bytes(1024)
+    path.write_bytes(gzip.compress(body) if gz else body)
+    return path
+
+
 BAD_INPUTS = {
+    "huge header": (lambda p: _header_claiming((2000, 2000, 2000), p / "huge.nii.gz", True),
+                    "claims 2000 x 2000 x 2000 voxels"),
+    "short .nii": (lambda p: _header_claiming((512, 512, 512), p / "short.nii", False),
+                   "need 536871264 bytes, the file holds 1376"),
+    "short .nii.gz": (lambda p: _header_claiming((512, 512, 512), p / "short.nii.gz", True),
+                      "need 536871264 bytes"),
     "missing": (lambda p: p / "absent.nii.gz", "not found"),
     "not nifti": (_not_nifti, "not a readable NIfTI"),
     "truncated": (_truncated, "truncated or corrupt"),
@@ -174,8 +197,13 @@ BAD_INPUTS = {
 def test_bad_input_gets_one_line_error_naming_file(tmp_path, kind):
     make, message = BAD_INPUTS[kind]
     path = make(tmp_path)
+    # Refused before any voxel is allocated: a 512^3 body would take 0.5 GB.
+    tracemalloc.start()
     with pytest.raises(BadInputError) as info:
         load_volume(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB allocated before refusing"
     text = str(info.value)
     assert text.startswith(str(path)) and message in text and "\n" not in text
 

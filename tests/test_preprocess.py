@@ -90,8 +90,11 @@ def test_brain_outside_window_is_counted_and_refused(tmp_path):
 
     path = tmp_path / "big.nii.gz"
     nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.5, 1.5, 1])), str(path))
-    with pytest.raises(BadInputError, match=r"of the brain lies outside the model's 16x24 "
-                                            r"slice window \(voxels 1.5x1.5x1.5 mm\)") as info:
+    xs, ys, _ = np.nonzero(prepared.mask)
+    needed = f"{xs.max() - xs.min() + 1}x{ys.max() - ys.min() + 1}"
+    with pytest.raises(BadInputError, match=rf"of the brain lies outside the prior's 16x24 slice "
+                                            rf"window at 1.5 mm: it needs a prior with slices of "
+                                            rf"at least {needed}$") as info:
         load_prepared(path, small)
     assert str(info.value).startswith(str(path)) and f"{expected:.0%}" in str(info.value)
     assert len(load_prepared(path, DataConfig(height=64, width=64)).slices) > 0
@@ -141,12 +144,15 @@ def test_target_reference_keeps_the_voxel_size_and_reads_older_files(tmp_path):
     np.testing.assert_array_equal(loaded.quantiles, reference.quantiles)
 
 
-def test_resolution_warning_beyond_20_percent_in_plane():
-    from bh_jax.inputs import resolution_warning
+def test_constant_volume_says_so(tmp_path):
+    import nibabel as nib
+    import pytest
 
-    trained = np.array([1.0, 1.0, 1.0])
-    assert resolution_warning(np.array([1.19, 0.81, 5.0]), trained) is None  # z is free
-    message = resolution_warning(np.array([1.0, 1.25, 1.0]), trained)
-    assert message.startswith("in-plane voxel size 1x1.25 mm differs by more than 20 %")
-    assert resolution_warning(np.array([3.0, 3.0, 3.0]), None) is None
-    assert resolution_warning(np.array([3.0, 3.0, 3.0]), np.full(3, np.nan)) is None
+    from bh_jax.inputs import load_scan
+    from bh_jax.io import BadInputError
+
+    path = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((40, 40, 20), 7.0, np.float32), np.eye(4)), str(path))
+    with pytest.raises(BadInputError, match=r"flat.nii.gz: the brain is constant \(every "
+                                            r"voxel is 7\): nothing to harmonize$"):
+        load_scan(path, DataConfig(height=16, width=16), None)

@@ -35,10 +35,12 @@ def test_python_api_block_runs(trained, tiny_phantom, tmp_path, monkeypatch):
     assert written.shape == source.shape
     np.testing.assert_array_equal(written.affine, source.affine)
     prepared = names["prepared"]
-    for result in (names["result"], names["other"], names["shared"][0]):
+    for result in (names["results"][0], names["latent"]):
         assert result.slices.shape == prepared.slices.shape
         assert np.all(np.isfinite(result.slices))
-    assert names["shared"][0].curve is not None and len(names["shared"]) == len(names["site_scans"])
+    assert names["results"][0].exact_transform and len(names["results"]) == 1
+    assert names["harmonizer"].settings.solver == "curve"
+    assert names["harmonizer"].settings.calibration.shared
     np.testing.assert_allclose(names["x"], prepared.slices[..., None], atol=1e-4)
     h, w = config.data.height, config.data.width
     assert names["samples"].shape == (4, h, w, 1)

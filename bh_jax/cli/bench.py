@@ -25,14 +25,14 @@ from bh_jax.cli.common import (
     positive_int,
     run,
 )
-from bh_jax.harmonize.settings import INITS, SOLVERS, CalibrationConfig
+from bh_jax.harmonize.settings import DEFAULT_SOLVER, INITS, SOLVERS, CalibrationConfig
 
 
 def _calibration_grid(args) -> list:
     """The `CalibrationConfig`s of `--calibration-*` (every combination), or [None]."""
     default = CalibrationConfig()
     grids = {"segments": args.calibration_segments, "pool": args.calibration_pool,
-             "steps": args.calibration_steps, "shared": [True] if args.shared_curve else None}
+             "steps": args.calibration_steps, "shared": [False] if args.each_volume else None}
     if all(values is None for values in grids.values()):
         return [None]
     axes = {k: v if v is not None else [getattr(default, k)] for k, v in grids.items()}
@@ -78,15 +78,15 @@ def main(argv: list[str] | None = None) -> int:
                        help="slices per compiled batch")
         p.add_argument("--slice-stride", type=positive_int, default=1,
                        help="use every k-th slice of each volume (quicker)")
-    for name in ("sweep", "quality"):
-        sub.choices[name].add_argument("--solver", default="latent", choices=SOLVERS,
+    for name, solver in (("sweep", "latent"), ("quality", DEFAULT_SOLVER)):
+        sub.choices[name].add_argument("--solver", default=solver, choices=SOLVERS,
                                        help="BlindHarmony's solver")
         sub.choices[name].add_argument("--init", choices=INITS,
                                        help="the solver's starting image (default: the "
                                             "solver's default)")
-        sub.choices[name].add_argument("--shared-curve", action="store_true",
+        sub.choices[name].add_argument("--each-volume", action="store_true",
                                        help="init 'calibrated': one intensity curve per "
-                                            "source site (fitted on its subjects together)")
+                                            "volume, not one per source site")
     qu = sub.choices["quality"]
     qu.add_argument("--out", required=True, help="tables (md, json) and figure go here")
     qu.add_argument("--quick", action="store_true", help="tiny run (the test suite's)")
@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     qu.add_argument("--baseline-steps", type=positive_int,
                     help="training steps of missing baselines (default: BaselineConfig's)")
     qu.add_argument("--sites", nargs="+", help="source domains (default: all eight)")
+    qu.add_argument("--heldout-maps", action="store_true",
+                    help="also Table 4: the held-out intensity maps (experiments/heldout.py)")
+    qu.add_argument("--no-learned", action="store_true",
+                    help="skip the CycleGAN, U-net and typical-contrast rows (quicker)")
+    qu.add_argument("--split", default="test", choices=["test", "val"],
+                    help="the subjects scored (choose settings on val, report test)")
     sw = sub.choices["sweep"]
     sw.add_argument("--b2", type=non_negative_float, nargs="+", default=[0.0, 0.01, 0.1],
                     help="edge weights to try")
@@ -157,8 +163,10 @@ def _run(args) -> int:
                          args.slice_stride, unet=args.unet, cyclegan=args.cyclegan,
                          segmenter=args.segmenter, source=args.source,
                          baseline_steps=args.baseline_steps, solver=args.solver,
-                         init=args.init, sites=args.sites, shared_curve=args.shared_curve)
-        print(f"Test subjects, checkpoint {result['checkpoint']['workdir']} step "
+                         init=args.init, sites=args.sites, each_volume=args.each_volume,
+                         heldout_maps=args.heldout_maps, split=args.split,
+                         learned=not args.no_learned)
+        print(f"{args.split} subjects, checkpoint {result['checkpoint']['workdir']} step "
               f"{result['checkpoint']['step']}, {result['machine']}, "
               f"{result['seconds']:.0f} s:\n")
         print(result["markdown"])

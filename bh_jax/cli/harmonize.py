@@ -31,6 +31,7 @@ from bh_jax.cli.common import (
     writable_folder,
 )
 from bh_jax.harmonize.settings import (
+    DEFAULT_SOLVER,
     DEFAULTS,
     INITS,
     SOLVERS,
@@ -39,7 +40,7 @@ from bh_jax.harmonize.settings import (
 )
 
 CHUNK_SUBJECTS = 8  # subjects whose slices are packed into the same batches
-METHOD_CHOICES = ("blindharmony", "hm", "ssimh", "unet", "cyclegan")
+METHOD_CHOICES = ("blindharmony", "hm", "nyul", "ssimh", "unet", "cyclegan")
 
 
 def _per_solver(field: str) -> str:
@@ -69,13 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mask-dir", help="brain masks matched by file name "
                                            "(default: automatic masks)")
     parser.add_argument("--method", default="blindharmony", choices=METHOD_CHOICES,
-                        help="hm / ssimh use the flow checkpoint's target statistics; unet / "
-                             "cyclegan need a baseline checkpoint")
+                        help="hm / nyul / ssimh use the flow checkpoint's target statistics; "
+                             "unet / cyclegan need a baseline checkpoint")
     parser.add_argument("--solver", choices=SOLVERS,
-                        help="latent: Adam on z (default; --demo: curve); alternating: the "
-                             "published scheme; image: Adam on the image with the exact "
-                             "log-density as prior; curve: the maximum-likelihood intensity "
-                             "curve only")
+                        help="curve (default): each site's maximum-likelihood intensity "
+                             "curve and a smooth field per volume; latent: the published "
+                             "Adam on z; alternating: the published alternating scheme; "
+                             "image: Adam on the image with the exact log-density as prior")
     parser.add_argument("--steps", type=positive_int,
                         help=f"solver steps (default: the solver's: {_per_solver('steps')})")
     parser.add_argument("--learning-rate", type=positive_float,
@@ -98,10 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration-pool", type=positive_int,
                         help="init 'calibrated': slices per volume the curve is fitted on "
                              f"(default {calibration.pool}; a multiple of the device count)")
+    parser.add_argument("--sites", default="folder",
+                        help="which inputs share an intensity curve (one per site, fitted on "
+                             "up to 32 of its inputs): 'folder' (the inputs of each folder), "
+                             "'one' (all of them), 'each' (none: one curve per volume), or a "
+                             "CSV/TSV table of file name (or BIDS participant id) and site")
     parser.add_argument("--shared-curve", action="store_true",
-                        help="init 'calibrated': fit ONE intensity curve on all the inputs "
-                             "together (up to 32 of them) instead of one per volume; for "
-                             "scans of one scanner and protocol (run each site separately)")
+                        help="the same as --sites one")
+    parser.add_argument("--nyul-from", metavar="FOLDER",
+                        help="target-site scans to learn Nyul's standard scale from (for "
+                             "--method nyul and the safety net; default: the checkpoint's)")
     parser.add_argument("--batch-size", type=positive_int, default=16,
                         help="slices per compiled batch (a multiple of the device count)")
     parser.add_argument("--output-scale", default="input", choices=["input", "unit"],
@@ -125,15 +132,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error("--demo compares Source / HM / SSIMH / BlindHarmony; it takes no "
                          "--method (the learned baselines: bh-bench quality)")
         args.output_dir = args.output_dir or "out/demo"
-        if args.solver is None:
-            from bh_jax.experiments.demo import DEMO_SHARED_CURVE, DEMO_SOLVER
-            args.solver = DEMO_SOLVER
-            args.shared_curve = args.shared_curve or DEMO_SHARED_CURVE
     elif args.demo_subjects is not None:
         parser.error("--demo-subjects is a --demo option")
     elif not args.inputs or not args.checkpoint or not args.output_dir:
         parser.error("INPUT..., --checkpoint and --output-dir are required (or use --demo)")
-    args.solver = args.solver or "latent"
+    if args.shared_curve:
+        args.sites = "one"
+    if args.sites not in ("folder", "one", "each") and not Path(args.sites).is_file():
+        parser.error(f"--sites {args.sites!r}: expected folder, one, each or a table file")
+    args.solver = args.solver or DEFAULT_SOLVER
     return args
 
 
@@ -146,8 +153,8 @@ def solver_settings(args: argparse.Namespace):
                          for k, v in asdict(base.weights).items()})
     given = {k: getattr(args, f"calibration_{k}") for k in ("steps", "pool")
              if getattr(args, f"calibration_{k}") is not None}
-    if args.shared_curve:
-        given["shared"] = True
+    if base.init == "calibrated" or args.init == "calibrated":
+        given["shared"] = args.sites != "each"
     return default_settings(args.solver, weights=weights, steps=args.steps,
                             learning_rate=args.learning_rate, init=args.init,
                             calibration=replace(base.calibration, **given) if given else None)
@@ -172,32 +179,38 @@ def demo_main(args: argparse.Namespace, settings) -> int:
 def harmonize_files(args: argparse.Namespace, settings) -> int:
     import jax
 
+    from bh_jax.harmonize import run
     from bh_jax.harmonize.methods import load_method
-    from bh_jax.harmonize.run import (
-        SHARED_CURVE_VOLUMES,
-        plan_jobs,
-        run_jobs,
-        shared_curve_for_run,
-    )
     from bh_jax.inputs import find_nifti
 
     inputs = find_nifti(args.inputs)
     if not inputs:
         raise ValueError(f"no NIfTI files (.nii, .nii.gz) in {' '.join(args.inputs)}")
-    jobs, skipped = plan_jobs(inputs, args.output_dir, args.overwrite)
-    method = load_method(args.method, args.checkpoint, settings, args.batch_size)
+    groups, grouping = run.site_groups(inputs, args.sites)
+    method = load_method(args.method, args.checkpoint, settings, args.batch_size,
+                         nyul_from=args.nyul_from)
+    signature = run.run_signature(method, args.output_scale)
+    run.plan_jobs(inputs, args.output_dir, args.overwrite, signature, groups)  # fail early
     writable_folder(args.output_dir, "--output-dir")
-    print(f"{len(inputs)} input(s): {len(jobs)} to harmonize, {len(skipped)} already done; "
-          f"method {args.method}, {jax.device_count()} {jax.devices()[0].platform} device(s)")
-    start = time.perf_counter()
-    curve = None
-    if jobs and method.fit_curve is not None:
-        print(f"fitting one intensity curve on {min(len(inputs), SHARED_CURVE_VOLUMES)} of "
-              f"the {len(inputs)} input(s) (--shared-curve) ...", flush=True)
-        curve = shared_curve_for_run(method, inputs, args.mask_dir)
-    failures = run_jobs(jobs, method, args.output_scale, mask_dir=args.mask_dir,
-                        qc_png=args.qc_png, chunk=CHUNK_SUBJECTS,
-                        progress=not args.no_progress, curve=curve)
+    with run.output_lock(args.output_dir):
+        jobs, skipped = run.plan_jobs(inputs, args.output_dir, args.overwrite, signature, groups)
+        every = jobs + [run.Job(p, run.output_path(args.output_dir, p), site=groups[p])
+                        for p in skipped]  # site curves see done inputs too (resumes agree)
+        print(f"{len(every)} input(s): {len(jobs)} to harmonize, {len(skipped)} already done; "
+              f"method {args.method}, {jax.device_count()} {jax.devices()[0].platform} "
+              f"device(s)")
+        start = time.perf_counter()
+        curves = {}
+        if jobs and method.fit_site is not None:
+            needed = {job.site for job in jobs}
+            print(f"fitting the intensity curves of {len(needed)} site(s), {grouping}, each "
+                  f"on up to {run.SITE_CURVE_VOLUMES} of its inputs ...", flush=True)
+            curves = run.fit_site_curves(method, [j for j in every if j.site in needed],
+                                         args.mask_dir, progress=not args.no_progress)
+        failures = run.run_jobs(jobs, method, args.output_scale, mask_dir=args.mask_dir,
+                                qc_png=args.qc_png, chunk=CHUNK_SUBJECTS,
+                                progress=not args.no_progress, sites=curves,
+                                grouping=grouping)
     done = len(jobs) - len(failures)
     print(f"harmonized {done}, skipped {len(skipped)}, failed {len(failures)} "
           f"in {time.perf_counter() - start:.1f} s -> {args.output_dir}")

@@ -37,6 +37,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="--data phantom: training subjects; beyond the preset's (demo "
                              "16), extra ones imaged at the target site only, validation and "
                              "test subjects unchanged (default: the preset's)")
+    parser.add_argument("--voxel-size", type=positive_float, metavar="MM",
+                        help="--data FOLDER: the prior's isotropic grid; every training "
+                             "volume (and mask) is resampled to it (default: the preset's: "
+                             + ", ".join(f"{n} {c.data.voxel_mm:g} mm" for n, c in
+                                         PRESETS.items() if c.data.voxel_mm) + ")")
     parser.add_argument("--steps", type=positive_int,
                         help="training steps (default: the preset's: " + ", ".join(
                             f"{n} {c.train.steps}" for n, c in PRESETS.items()) + ")")
@@ -60,6 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bh_jax.config import get_preset
+    from bh_jax.io import MAX_VOXEL_MM
 
     try:
         config = get_preset(args.preset).with_settings(args.set)
@@ -68,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"steps": args.steps, "batch_size": args.batch_size,
                  "learning_rate": args.learning_rate, "seed": args.seed}
     config = config.replace(train={k: v for k, v in overrides.items() if v is not None})
+    if args.voxel_size is not None:
+        if args.data == "phantom":
+            return fail("--voxel-size is for --data FOLDER (the built-in data set is rendered "
+                        "at the preset's voxel size)")
+        if args.voxel_size > MAX_VOXEL_MM:
+            return fail(f"--voxel-size must be at most {MAX_VOXEL_MM:g} mm, "
+                        f"got {args.voxel_size:g}")
+        config = config.replace(data={"voxel_mm": args.voxel_size})
     if args.train_subjects is not None:
         if args.data != "phantom":
             return fail("--train-subjects is for --data phantom (a folder trains on all it holds)")
@@ -80,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         import jax
 
+        from bh_jax.training.checkpoint import saved_step
         from bh_jax.training.input_pipeline import folder_slices, phantom_slices
         from bh_jax.training.qc import preferred_contrast
         from bh_jax.training.train import check_resume, train
@@ -87,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.distributed:
             jax.distributed.initialize()
         check_resume(args.workdir, config)
+        step = saved_step(args.workdir)
+        if step is not None:
+            print(f"resuming from step {step} of {config.train.steps} in {args.workdir}",
+                  flush=True)
         if args.data == "phantom":
             extra = config.phantom.extra_train
             data_dir = args.data_dir or (f"data/phantom-{config.name}" + (

@@ -37,6 +37,7 @@ from bh_jax.harmonize.calibration import negative_log_likelihood, source_knots
 from bh_jax.harmonize.engine import Harmonizer
 from bh_jax.harmonize.pipeline import harmonize_volumes
 from bh_jax.harmonize.settings import (
+    DEFAULT_SOLVER,
     SOLVERS,
     CalibrationConfig,
     Weights,
@@ -167,21 +168,25 @@ SWEEP_SITES = ["exp", "log", "gamma0.7", "siteA", "siteB", "siteC", "siteD"]
 
 
 def quality(checkpoint: str, data_dir: str | None, out: str, batch: int, quick: bool = False,
-            slice_stride: int = 1, baseline_steps: int | None = None, solver: str = "latent",
-            init: str | None = None, sites: list[str] | None = None,
-            shared_curve: bool = False, **baselines) -> dict:
-    """The paper's tables on the test subjects' `sites` (default all; `bh_jax.tables`),
-    BlindHarmony with `solver`'s default settings (and `init`, if given; with
-    `shared_curve`, one intensity curve per site); --quick: a tiny run."""
+            slice_stride: int = 1, baseline_steps: int | None = None,
+            solver: str = DEFAULT_SOLVER, init: str | None = None,
+            sites: list[str] | None = None, each_volume: bool = False,
+            heldout_maps: bool = False, split: str = "test", learned: bool = True,
+            **baselines) -> dict:
+    """The paper's tables on the `split` subjects' `sites` (default all;
+    `experiments.tables`), BlindHarmony with `solver`'s default settings (and
+    `init`, if given; with `each_volume`, one intensity curve per volume instead
+    of one per site), and the held-out maps' table if asked; --quick: a tiny run."""
     flow, manifest = _evaluation(checkpoint, data_dir)
-    settings = default_settings(solver, init=init, calibration=CalibrationConfig(shared=True)
-                                if shared_curve else None)
+    settings = default_settings(solver, init=init, calibration=CalibrationConfig(shared=False)
+                                if each_volume else None)
     if quick:
         settings = replace(settings, steps=QUICK["solver_steps"])
         baseline_steps = QUICK["baseline_steps"]
         slice_stride = max(slice_stride, QUICK["slice_stride"])
     result = reproduce_tables(flow, manifest, out, settings, batch, baseline_steps=baseline_steps,
                               slice_stride=slice_stride, sites=sites,
+                              heldout_maps=heldout_maps, split=split, learned=learned,
                               **baselines)
     result["machine"] = machine()
     return result

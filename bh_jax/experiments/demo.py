@@ -10,7 +10,6 @@ against the same subjects' target-site images.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from bh_jax import pretrained
@@ -28,35 +27,21 @@ from bh_jax.harmonize.methods import VolumeMethod, flow_method
 from bh_jax.harmonize.pipeline import HarmonizedVolume
 from bh_jax.harmonize.run import Job, output_path, write_result
 from bh_jax.harmonize.settings import SolverConfig, default_settings
+from bh_jax.inputs import scan_of
 from bh_jax.training.checkpoint import load_flow
 
 # The paper's shifts, and a mild and a large simulated scanner gap (the other
 # sites: `python -m bh_jax.bench quality`); sized to finish in minutes on a CPU.
 DEMO_SITES = ("exp", "log", "gamma0.7", "siteA", "siteC")
-# The demo's solver unless told otherwise: the best on the validation subjects'
-# mean over all seven source domains (README, "Intensity calibration"), with
-# one intensity curve per source site (`CalibrationConfig.shared`; README, "One
-# curve per site"): the demo harmonizes each site's subjects together.
-DEMO_SOLVER = "curve"
-DEMO_SHARED_CURVE = True
-
-
-def demo_settings() -> SolverConfig:
-    """The demo's default solver settings (`harmonize.py --demo` without --solver)."""
-    settings = default_settings(DEMO_SOLVER)
-    return replace(settings, calibration=replace(settings.calibration,
-                                                 shared=DEMO_SHARED_CURVE))
-
-
 def _writer(method: VolumeMethod, output_dir: Path):
     """`on_results` hook that writes every BlindHarmony output (NIfTI + JSON)."""
     def write(results: list[HarmonizedVolume], seconds: float) -> None:
         per_slice = seconds / max(sum(len(r.slices) for r in results), 1)
         for result in results:
             source = Path(result.prepared.volume.path)
-            write_result(Job(source, output_path(output_dir, source)), result, method,
-                         "input", False, {"harmonize_s": per_slice * len(result.slices)},
-                         "manifest")
+            write_result(Job(source, output_path(output_dir, source)),
+                         scan_of(result.prepared, "manifest"), result, method, "input",
+                         False, {"harmonize_s": per_slice * len(result.slices)})
 
     return write
 
@@ -74,7 +59,7 @@ def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
       checkpoint: a training folder (default: the shipped `demo` checkpoint).
       subjects: how many held-out (test) subjects per source site (default:
         all of them; the first ones by name otherwise).
-      settings: BlindHarmony's solver (default: `demo_settings()`, as
+      settings: BlindHarmony's solver (default: `default_settings()`, as
         `python harmonize.py --demo`). Each source site's subjects are
         harmonized together (`evaluate_methods`): a shared curve is one per site.
     """
@@ -88,7 +73,7 @@ def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
                               flow.config.name, progress=progress)
     test_subjects = [s["subject"] for s in manifest["subjects"] if s["split"] == "test"]
     test_subjects = test_subjects[:subjects]
-    settings = settings or demo_settings()
+    settings = settings or default_settings()
     blindharmony = flow_method(flow, "blindharmony", settings, batch_size)
     methods = classical_methods(flow.reference)
     methods["BlindHarmony"] = as_evaluation(blindharmony, progress,

@@ -52,16 +52,18 @@ def target_reference(manifest: dict, config: DataConfig, split: str = "train") -
     if not prepared:
         raise ValueError(f"no target-site images in split {split!r}")
     slices = SliceSet.from_volumes(prepared)
-    return TargetReference.from_slices(slices.slices, slices.masks, slices.voxel_mm)
+    return TargetReference.from_slices(slices.slices, slices.masks, slices.voxel_mm,
+                                       slices.volumes)
 
 
 def classical_methods(reference: TargetReference) -> dict[str, Method]:
-    """Source (identity), HM and SSIMH as methods."""
+    """Source (identity), HM, Nyul (if the reference has its scale) and SSIMH as methods."""
     def method(name: str) -> Method:
         return lambda volumes: [classical(name, p, reference).slices for p in volumes]
 
+    nyul = {"Nyul": method("nyul")} if np.all(np.isfinite(reference.nyul)) else {}
     return {"Source": lambda volumes: [p.slices for p in volumes],
-            "HM": method("hm"), "SSIMH": method("ssimh")}
+            "HM": method("hm"), **nyul, "SSIMH": method("ssimh")}
 
 
 TYPICAL = "Typical contrast (oracle)"

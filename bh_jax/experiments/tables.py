@@ -35,6 +35,7 @@ from bh_jax.experiments.evaluate import (
     save_examples_png,
     typical_contrast_method,
 )
+from bh_jax.experiments.heldout import HELDOUT_MAPS, with_heldout_maps
 from bh_jax.harmonize.methods import baseline_method, flow_method
 from bh_jax.io import atomic_path, write_json_atomic
 
@@ -83,43 +84,54 @@ def reproduce_tables(flow, manifest: dict, out: str | Path, settings, batch_size
                      unet: str | None = None, cyclegan: str | None = None,
                      segmenter: str | None = None, source: str = "exp",
                      baseline_steps: int | None = None, slice_stride: int = 1,
-                     progress: bool = True, sites: Sequence[str] | None = None) -> dict:
-    """Runs every method on the test subjects' `sites` (None: all eight source
-    domains); writes OUT/quality.{md,json,png}."""
+                     progress: bool = True, sites: Sequence[str] | None = None,
+                     heldout_maps: bool = False, split: str = "test",
+                     learned: bool = True) -> dict:
+    """Runs every method on the `split` subjects' `sites` (None: all eight source
+    domains) and, with `heldout_maps`, on the held-out intensity maps
+    (`bh_jax.experiments.heldout`, Table 4); without `learned`, no CycleGAN, U-net
+    or typical-contrast rows (quicker); writes OUT/quality.{md,json,png}."""
     sites = SHIFTS + SCANNERS if sites is None else tuple(sites)
     unknown = sorted(set(sites) - set(SHIFTS + SCANNERS))
     if unknown or not sites:
         raise ValueError(f"sites must be among {SHIFTS + SCANNERS}, got {list(sites)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if heldout_maps:
+        manifest = with_heldout_maps(manifest, out / "heldout-maps", split)
+        sites = sites + tuple(HELDOUT_MAPS)
     start = time.perf_counter()
     data = flow.config.data
-    folders = {kind: baseline_folder(out, kind, given, source, data, manifest, baseline_steps,
-                                     progress)
-               for kind, given in (("unet", unet), ("cyclegan", cyclegan),
-                                   ("segmenter", segmenter))}
+    kinds = ("unet", "cyclegan", "segmenter") if learned else ("segmenter",)
+    given = {"unet": unet, "cyclegan": cyclegan, "segmenter": segmenter}
+    folders = {kind: baseline_folder(out, kind, given[kind], source, data, manifest,
+                                     baseline_steps, progress) for kind in kinds}
     seg = load_baseline(folders["segmenter"])
     classical = classical_methods(flow.reference)
-    learned = {kind: as_evaluation(baseline_method(load_baseline(folders[kind]), batch_size))
-               for kind in ("cyclegan", "unet")}
     methods = {"Source": classical["Source"],
                "BlindHarmony": as_evaluation(
                    flow_method(flow, "blindharmony", settings, batch_size), progress),
-               "HM": classical["HM"], "SSIMH": classical["SSIMH"],
-               f"CycleGAN ({source})": learned["cyclegan"], f"U-net ({source})": learned["unet"],
-               TYPICAL: typical_contrast_method(manifest, data)}
+               **{name: classical[name] for name in ("HM", "Nyul", "SSIMH") if name in classical}}
+    if learned:
+        for kind, name in (("cyclegan", "CycleGAN"), ("unet", "U-net")):
+            methods[f"{name} ({source})"] = as_evaluation(
+                baseline_method(load_baseline(folders[kind]), batch_size))
+        methods[TYPICAL] = typical_contrast_method(manifest, data)
     examples: dict = {}
-    results = evaluate_methods(manifest, data, methods, sites=list(sites),
+    results = evaluate_methods(manifest, data, methods, sites=list(sites), split=split,
                                progress=progress, slice_stride=slice_stride,
                                examples=examples, segment=seg.apply)
     ceiling = segmentation_ceiling(manifest, data, seg, slice_stride)
     shifts = {s: results[s] for s in SHIFTS if s in results}
     scanners = {s: results[s] for s in SCANNERS if s in results}
+    maps = {s: results[s] for s in HELDOUT_MAPS if s in results}
     tables = [("Table 1: simulated shifts, in-mask PSNR (dB) / SSIM", shifts, ("psnr", "ssim")),
               ("Table 2: simulated scanners, in-mask PSNR (dB) / SSIM", scanners,
                ("psnr", "ssim")),
-              (f"Table 3: white-matter Dice (target-site ceiling {ceiling:.4f})", results,
-               ("dice",))]
+              (f"Table 3: white-matter Dice (target-site ceiling {ceiling:.4f})",
+               {s: results[s] for s in SHIFTS + SCANNERS if s in results}, ("dice",)),
+              ("Table 4: held-out intensity maps, in-mask PSNR (dB) / SSIM", maps,
+               ("psnr", "ssim"))]
     markdown = "\n\n".join(f"{title}\n\n{format_table(part, keys)}"
                              for title, part, keys in tables if part)
     warning = ceiling_warning(ceiling)
@@ -128,7 +140,7 @@ def reproduce_tables(flow, manifest: dict, out: str | Path, settings, batch_size
     record = {"results": results, "wm_dice_target_ceiling": ceiling,
               **({"warning": warning} if warning else {}),
               "checkpoint": flow.identity, "baselines": {k: str(v) for k, v in folders.items()},
-              "settings": repr(settings), "slice_stride": slice_stride,
+              "settings": repr(settings), "slice_stride": slice_stride, "split": split,
               "seconds": time.perf_counter() - start}
     with atomic_path(out / "quality.md") as tmp:
         tmp.write_text(markdown + "\n")

@@ -14,15 +14,15 @@ The log-det term rewards contrast exactly as much as the density of a
 stretched image falls, and on the target's validation images this score peaks
 at their own contrast (bench prior, column `bpd_cov`).
 
-`Calibrator` fits one monotone piecewise-linear T per volume (knots at the
-source's in-brain quantiles, values increasing by construction, starting at the
-histogram-matching curve) by L-BFGS on that log-likelihood over a fixed pool of
-the volume's slices, the whole fit one `lax.scan` in one compiled program for
-a whole run. The curve has only segments + 1 parameters, so a quasi-Newton
-method with a line search converges in few steps: on the validation volumes
-30 iterations reached a lower loss than 300 Adam steps, in a fourth to a sixth
-of the time (README, "Intensity calibration"). The calibrated source starts
-the solver (`SolverConfig.init = 'calibrated'`).
+`Calibrator` fits a monotone piecewise-linear T (knots at the source's in-brain
+quantiles, values increasing by construction, starting at the histogram-matching
+curve) by L-BFGS on that log-likelihood over a fixed pool of slices: one volume's,
+or the pooled slices of a site's volumes (`shared_curve`). The whole fit is one
+`lax.scan` in one compiled program for a whole run; the curve has only
+segments + 1 parameters, so a quasi-Newton method converges in few steps
+(docs/methods.md). It also fits, with the curve held, a smooth multiplicative field
+per volume (`field`: a quadratic log-field over the brain, its log-det included,
+with an L2 penalty on its coefficients), the same way.
 """
 
 from __future__ import annotations
@@ -49,8 +49,12 @@ class IntensityCurve:
     values: np.ndarray  # [segments + 1], increasing
     fitted: bool = True  # False: the fit gave NaN/Inf and this is its starting curve
 
-    def __call__(self, slices: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        """The mapped in-mask intensities, clipped to [0, 1]; zero background."""
+    def __call__(self, slices: np.ndarray, masks: np.ndarray,
+                 log_field: np.ndarray | None = None) -> np.ndarray:
+        """The mapped in-mask intensities (after dividing by exp(log_field), if
+        given, of the slices' shape), clipped to [0, 1]; zero background."""
+        if log_field is not None:
+            slices = np.asarray(slices) * np.exp(-np.asarray(log_field))
         mapped = np.interp(slices, self.knots, self.values)
         return np.where(masks, np.clip(mapped, 0.0, 1.0), 0.0).astype(np.float32)
 
@@ -96,28 +100,52 @@ def pool_slices(masks: np.ndarray, size: int) -> np.ndarray:
 
 
 def negative_log_likelihood(model: FlowModel, params: dict, theta: jnp.ndarray,
-                            sources: jnp.ndarray, brains: jnp.ndarray,
-                            knots: jnp.ndarray) -> jnp.ndarray:
+                            sources: jnp.ndarray, brains: jnp.ndarray, knots: jnp.ndarray,
+                            log_fields: jnp.ndarray | None = None) -> jnp.ndarray:
     """-log p_source(x_s) of [P, H, W] slices under the curve `theta`, in bits/dim.
 
-    The flow's density of the mapped slices plus the curve's log-det (the sum
-    of log slopes over brain voxels); the background stays zero.
+    The flow's density of the mapped slices plus the map's log-det (the sum of log
+    slopes over brain voxels); the background stays zero. With `log_fields`
+    [P, H, W], the slices are divided by exp(log_fields) before the curve, and the
+    log-det includes that division (-log_fields per brain voxel).
     """
     values = curve_values(theta)
+    if log_fields is not None:
+        sources = sources * jnp.exp(-log_fields)
     slopes = (values[1:] - values[:-1]) / (knots[1:] - knots[:-1])
     segment = jnp.clip(jnp.searchsorted(knots, sources, side="right") - 1, 0, len(slopes) - 1)
     mapped = jnp.where(brains, values[segment] + slopes[segment] * (sources - knots[segment]),
                        0.0)
-    log_det = jnp.sum(jnp.where(brains, jnp.log(slopes[segment]), 0.0), axis=(-2, -1))
+    log_slopes = jnp.log(slopes[segment]) - (0.0 if log_fields is None else log_fields)
+    log_det = jnp.sum(jnp.where(brains, log_slopes, 0.0), axis=(-2, -1))
     nll = -model.log_prob(params, mapped[..., None]) - log_det
     return jnp.mean(nll) / (model.latent_size * math.log(2.0))
+
+
+def _lbfgs(loss, start: jnp.ndarray, steps: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """`steps` L-BFGS iterations (zoom line search) of `loss` from `start` in one
+    lax.scan; (end point, loss per step)."""
+    optimizer = optax.lbfgs()
+    # Reuses the line search's last value and gradient: one evaluation a step.
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    def step(carry, _):
+        x, state = carry
+        value, grads = value_and_grad(x, state=state)
+        updates, state = optimizer.update(grads, state, x, value=value, grad=grads,
+                                          value_fn=loss)
+        return (optax.apply_updates(x, updates), state), value
+
+    (end, _), history = jax.lax.scan(step, (start, optimizer.init(start)), None, length=steps)
+    return end, history
 
 
 class Calibrator:
     """A trained flow's intensity calibration, compiled once for [pool, H, W] slices.
 
     Attributes:
-      compilations: how many times the fit was traced (1 for a whole run).
+      compilations: how many times a fit was traced (at most one curve fit and one
+        field fit for a whole run).
     """
 
     def __init__(self, model: FlowModel, params: dict, config: CalibrationConfig,
@@ -128,53 +156,58 @@ class Calibrator:
         check_batch_size(self.mesh, config.pool)
         self.params = replicate(self.mesh, params)
         self.compilations = 0
-        optimizer = optax.lbfgs()  # zoom line search (strong Wolfe conditions)
 
-        def fit(params, theta, sources, brains, knots):
+        def nll(params, theta, sources, brains, knots, log_fields):
+            return negative_log_likelihood(model, params, theta, sources, brains, knots,
+                                           log_fields)
+
+        def fit_curve(params, theta, sources, brains, knots, log_fields):
             self.compilations += 1  # runs only while tracing
+            return _lbfgs(lambda t: nll(params, t, sources, brains, knots, log_fields), theta,
+                          config.steps)
 
-            def loss(t):
-                return negative_log_likelihood(model, params, t, sources, brains, knots)
+        def fit_field(params, theta, sources, brains, knots, basis, penalty):
+            self.compilations += 1
 
-            # Reuses the line search's last value and gradient: one evaluation a step.
-            value_and_grad = optax.value_and_grad_from_state(loss)
+            def loss(c):
+                log_fields = jnp.einsum("k,pkhw->phw", c, basis)
+                return (nll(params, theta, sources, brains, knots, log_fields)
+                        + penalty * jnp.sum(c**2))
 
-            def step(carry, _):
-                theta, state = carry
-                value, grads = value_and_grad(theta, state=state)
-                updates, state = optimizer.update(grads, state, theta, value=value, grad=grads,
-                                                  value_fn=loss)
-                return (optax.apply_updates(theta, updates), state), value
+            return _lbfgs(loss, jnp.zeros(basis.shape[1], theta.dtype), config.field_steps)
 
-            (theta, _), history = jax.lax.scan(step, (theta, optimizer.init(theta)), None,
-                                               length=config.steps)
-            return theta, history
+        self._fit_curve = jax.jit(fit_curve)
+        self._fit_field = jax.jit(fit_field)
+        self._value_and_grad = jax.jit(jax.value_and_grad(nll, argnums=1))
 
-        self._fit = jax.jit(fit)
-        self._value_and_grad = jax.jit(jax.value_and_grad(
-            lambda params, theta, sources, brains, knots: negative_log_likelihood(
-                model, params, theta, sources, brains, knots), argnums=1))
-
-    def _placed(self, slices: np.ndarray, masks: np.ndarray, knots: np.ndarray) -> tuple:
-        """The fit's inputs on the mesh: the pool's slices and masks sharded, knots replicated."""
+    def _placed(self, slices: np.ndarray, masks: np.ndarray, knots: np.ndarray,
+                *per_slice: np.ndarray) -> tuple:
+        """The fit's inputs on the mesh: the pool's slices, masks (and any other
+        per-slice arrays) sharded, knots replicated."""
         pool = pool_slices(masks, self.config.pool)
         return (shard_batch(self.mesh, np.asarray(slices, np.float32)[pool]),
                 shard_batch(self.mesh, np.asarray(masks, bool)[pool]),
-                replicate(self.mesh, jnp.asarray(knots, jnp.float32)))
+                replicate(self.mesh, jnp.asarray(knots, jnp.float32)),
+                *(shard_batch(self.mesh, np.asarray(a, np.float32)[pool]) for a in per_slice))
 
     def likelihood(self, theta: np.ndarray, slices: np.ndarray, masks: np.ndarray,
-                   knots: np.ndarray) -> tuple[float, np.ndarray]:
+                   knots: np.ndarray, log_fields: np.ndarray | None = None
+                   ) -> tuple[float, np.ndarray]:
         """(-log p_source in bits/dim, its gradient [S + 1]) at curve parameters
-        `theta`, over the same pool of `slices` and with the same placement on
-        the devices as the fit uses."""
+        `theta` (after dividing by exp(log_fields) [N, H, W], if given), over the
+        same pool of `slices` and with the same placement on the devices as the
+        fit uses. One compile per number of knots."""
+        fields = np.zeros_like(slices, np.float32) if log_fields is None else log_fields
+        sources, brains, knots, fields = self._placed(slices, masks, knots, fields)
         value, grad = self._value_and_grad(
-            self.params, replicate(self.mesh, jnp.asarray(theta, jnp.float32)),
-            *self._placed(slices, masks, knots))
+            self.params, replicate(self.mesh, jnp.asarray(theta, jnp.float32)), sources,
+            brains, knots, fields)
         return float(value), np.asarray(grad)
 
-    def curve(self, slices: np.ndarray, masks: np.ndarray,
-              reference: TargetReference) -> tuple[IntensityCurve, np.ndarray]:
-        """The maximum-likelihood curve of one volume's [N, H, W] slices.
+    def curve(self, slices: np.ndarray, masks: np.ndarray, reference: TargetReference,
+              log_fields: np.ndarray | None = None) -> tuple[IntensityCurve, np.ndarray]:
+        """The maximum-likelihood curve of one volume's [N, H, W] slices (divided by
+        exp(log_fields) [N, H, W] first, if given).
 
         Starts from the histogram-matching curve (the target's quantiles at the
         knots' levels); if the fit produces NaN/Inf, returns that starting curve
@@ -182,24 +215,45 @@ class Calibrator:
         """
         masks = np.asarray(masks, bool)
         segments = self.config.segments
-        knots = source_knots(slices, masks, segments)
+        corrected = slices if log_fields is None else slices * np.exp(-log_fields)
+        knots = source_knots(corrected, masks, segments)
         levels = np.linspace(0.0, 1.0, len(reference.quantiles))
         start = np.interp(np.linspace(0.0, 1.0, segments + 1), levels, reference.quantiles)
-        theta, history = self._fit(
-            self.params, replicate(self.mesh, jnp.asarray(curve_parameters(start))),
-            *self._placed(slices, masks, knots))
+        fields = np.zeros_like(slices, np.float32) if log_fields is None else log_fields
+        sources, brains, knots_on, fields_on = self._placed(slices, masks, knots, fields)
+        theta, history = self._fit_curve(
+            self.params, replicate(self.mesh, jnp.asarray(curve_parameters(start))), sources,
+            brains, knots_on, fields_on)
         history = np.asarray(history)
         values = np.asarray(curve_values(theta), np.float64)
         if not (np.all(np.isfinite(values)) and np.all(np.isfinite(history))):
             return IntensityCurve(knots, start, fitted=False), history
         return IntensityCurve(knots, values), history
 
-    def shared_curve(self, volumes: list[tuple[np.ndarray, np.ndarray]],
-                     reference: TargetReference) -> tuple[IntensityCurve, np.ndarray]:
+    def shared_curve(self, volumes: list[tuple], reference: TargetReference
+                     ) -> tuple[IntensityCurve, np.ndarray]:
         """One maximum-likelihood curve for several volumes of one scanner and
-        protocol: `curve` of their (slices, masks) stacked, so the knots are the
-        pooled in-brain quantiles and the pool is spread evenly over the volumes."""
+        protocol: `curve` of their (slices, masks[, log_fields]) stacked, so the knots
+        are the pooled in-brain quantiles and the pool is spread evenly over the volumes."""
         if not volumes:
             raise ValueError("a shared intensity curve needs at least one volume")
-        return self.curve(np.concatenate([np.asarray(s) for s, _ in volumes]),
-                          np.concatenate([np.asarray(m, bool) for _, m in volumes]), reference)
+        stacked = [np.concatenate([np.asarray(v[i]) for v in volumes]) for i in range(2)]
+        fields = (np.concatenate([v[2] for v in volumes])
+                  if all(len(v) > 2 and v[2] is not None for v in volumes) else None)
+        return self.curve(stacked[0], stacked[1].astype(bool), reference, fields)
+
+    def field(self, slices: np.ndarray, masks: np.ndarray, basis: np.ndarray,
+              curve: IntensityCurve, penalty: float) -> tuple[np.ndarray, np.ndarray]:
+        """The maximum-likelihood multiplicative field of one volume under a fixed
+        `curve`: coefficients [K] of log-field = sum_k c_k basis[:, k] (basis
+        [N, K, H, W]), fitted over the volume's pool with `penalty` * |c|^2 added.
+        Returns (coefficients, loss per step); zeros if the fit gave NaN/Inf."""
+        sources, brains, knots, basis_on = self._placed(
+            slices, masks, curve.knots, basis)
+        theta = replicate(self.mesh, jnp.asarray(curve_parameters(curve.values)))
+        coefficients, history = self._fit_field(self.params, theta, sources, brains, knots,
+                                                basis_on, jnp.float32(penalty))
+        coefficients, history = np.asarray(coefficients, np.float64), np.asarray(history)
+        if not (np.all(np.isfinite(coefficients)) and np.all(np.isfinite(history))):
+            return np.zeros(basis.shape[1]), history
+        return coefficients, history

@@ -7,27 +7,28 @@ trained prior, HM and SSIMH to its target statistics, and the learned baselines.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from bh_jax.baselines.learned import load_baseline
+from bh_jax.baselines.nyul import NyulScale
 from bh_jax.config import DataConfig
-from bh_jax.harmonize.calibration import IntensityCurve
 from bh_jax.harmonize.engine import Harmonizer
 from bh_jax.harmonize.pipeline import (
     METHODS,
     HarmonizedVolume,
+    SiteCurve,
     classical,
     harmonize_volumes,
     shared_curve,
 )
 from bh_jax.harmonize.settings import SolverConfig
+from bh_jax.harmonize.transform import fit_transform
+from bh_jax.inputs import find_nifti, load_prepared, mask_for
 from bh_jax.preprocess import PreparedVolume
-from bh_jax.training.checkpoint import LoadedFlow, load_flow
+from bh_jax.training.checkpoint import LoadedFlow, folder_digest, load_flow
 
 LEARNED_METHODS = ("unet", "cyclegan")  # need a baseline checkpoint, not a flow's
 ALL_METHODS = (*METHODS, *LEARNED_METHODS)
@@ -38,16 +39,16 @@ class VolumeMethod:
     """A harmonization method as `run_jobs` uses it.
 
     Attributes:
-      name: 'blindharmony', 'hm', 'ssimh', 'unet' or 'cyclegan'.
+      name: 'blindharmony', 'hm', 'nyul', 'ssimh', 'unet' or 'cyclegan'.
       data: the slice layout the method was trained for.
       min_size: smallest image side the method accepts.
       identity: the checkpoint it came from (written into every report).
       settings: solver settings (BlindHarmony only).
-      harmonize: (volumes, progress bar or None, curve=None) -> one result per
-        volume; `curve`, a shared intensity curve, only matters to BlindHarmony.
-      voxel_mm: the training volumes' voxel size [3] (canonical axes, mm), if known.
-      fit_curve: volumes -> their shared intensity curve, for a method whose
-        `harmonize` takes one (`curve=`; BlindHarmony with `calibration.shared`).
+      harmonize: (volumes, progress bar or None, site=None) -> one result per
+        volume; `site`, a site's intensity curve, only matters to BlindHarmony.
+      voxel_mm: the isotropic grid (mm) its inputs are brought to, if known.
+      fit_site: volumes -> their site's intensity curve, for a method whose
+        `harmonize` takes one (BlindHarmony with `calibration.shared`).
     """
 
     name: str
@@ -56,13 +57,13 @@ class VolumeMethod:
     identity: dict[str, Any]
     settings: SolverConfig | None
     harmonize: Callable[..., list[HarmonizedVolume]]
-    voxel_mm: np.ndarray | None = None
-    fit_curve: Callable[[list[PreparedVolume]], IntensityCurve] | None = None
+    voxel_mm: float | None = None
+    fit_site: Callable[[list[PreparedVolume]], SiteCurve] | None = None
 
 
 def _volume_by_volume(harmonize_one: Callable[[PreparedVolume], HarmonizedVolume]):
     """`VolumeMethod.harmonize` for a method that takes one volume at a time."""
-    def run(volumes, bar, curve=None):  # no intensity curve in these methods
+    def run(volumes, bar, site=None):  # no site curve in these methods
         results = [harmonize_one(p) for p in volumes]
         if bar is not None:
             bar.update(sum(len(p.slices) for p in volumes))
@@ -73,38 +74,65 @@ def _volume_by_volume(harmonize_one: Callable[[PreparedVolume], HarmonizedVolume
 
 def flow_method(flow: LoadedFlow, name: str, settings: SolverConfig, batch_size: int,
                 devices=None) -> VolumeMethod:
-    """BlindHarmony with a trained prior, or HM / SSIMH to its target reference."""
-    fit_curve = None
+    """BlindHarmony with a trained prior, or HM / Nyul / SSIMH to its target statistics."""
+    fit_site = None
     if name == "blindharmony":
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size, devices)
 
-        def run(volumes, bar, curve=None):
-            return harmonize_volumes(harmonizer, volumes, flow.reference, bar, curve=curve)
+        def run(volumes, bar, site=None):
+            return harmonize_volumes(harmonizer, volumes, flow.reference, bar, site=site)
 
         if settings.init == "calibrated" and settings.calibration.shared:
-            fit_curve = partial(shared_curve, harmonizer, reference=flow.reference)
+            fit_site = partial(shared_curve, harmonizer, reference=flow.reference)
     else:
+        if name == "nyul":
+            flow.reference.nyul_scale()  # fails before any work if it has none
         run = _volume_by_volume(lambda p: classical(name, p, flow.reference))
     return VolumeMethod(name, flow.config.data, 2 ** flow.config.flow.levels, flow.identity,
                         settings if name == "blindharmony" else None, run,
-                        flow.reference.voxel_mm, fit_curve)
+                        flow.voxel_mm, fit_site)
 
 
 def baseline_method(baseline, batch_size: int) -> VolumeMethod:
     """A trained U-net or CycleGAN generator (`bh_jax.baselines.learned.load_baseline`)."""
-    run = _volume_by_volume(lambda p: HarmonizedVolume(
-        p, baseline.apply(p.slices, p.slice_masks, batch_size), {}))
+    def harmonize_one(p: PreparedVolume) -> HarmonizedVolume:
+        slices = baseline.apply(p.slices, p.slice_masks, batch_size)
+        return HarmonizedVolume(p, slices, {}, fit_transform(p.slices, slices, p.slice_masks,
+                                                             p.world_positions()))
+
     identity = {"workdir": str(Path(baseline.workdir).absolute()), "kind": baseline.config.kind,
-                "source": baseline.config.source, "steps": baseline.config.steps}
+                "source": baseline.config.source, "steps": baseline.config.steps,
+                "sha256": folder_digest(baseline.workdir)}
     return VolumeMethod(baseline.config.kind, baseline.data, 2 ** baseline.config.depth,
-                        identity, None, run)
+                        identity, None, _volume_by_volume(harmonize_one),
+                        baseline.data.voxel_mm)
+
+
+def with_nyul_from(flow: LoadedFlow, folder: str | Path, mask_dir=None) -> LoadedFlow:
+    """`flow` with its Nyul scale learned from the target-site scans in `folder`
+    (on the prior's grid; masks from `mask_dir`, else automatic), for a prior whose
+    statistics have none (made by an older bh_jax) or to use other target scans."""
+    paths = find_nifti([str(folder)])
+    if not paths:
+        raise ValueError(f"{folder}: no NIfTI files for --nyul-from")
+    brains = []
+    for path in paths:
+        volume = load_prepared(path, flow.config.data, mask_for(path, mask_dir))
+        brains.append(volume.slices[volume.slice_masks])
+        try:
+            NyulScale.fit(brains[-1:])
+        except ValueError as err:  # e.g. a label map in the folder
+            raise ValueError(f"{path}: {err} (--nyul-from takes target-site scans)") from None
+    scale = NyulScale.fit(brains)
+    return replace(flow, reference=replace(flow.reference, nyul=scale.intensities))
 
 
 def load_method(name: str, checkpoint: str | Path, settings: SolverConfig, batch_size: int,
-                devices=None) -> VolumeMethod:
-    """The method `name` from a checkpoint folder: a flow's (train.py) or, for 'unet' /
-    'cyclegan', a baseline's (`python -m bh_jax.baselines.train`). Raises ValueError
-    (or CheckpointError) naming the folder when it does not hold what `name` needs."""
+                devices=None, nyul_from: str | Path | None = None) -> VolumeMethod:
+    """The method `name` from a checkpoint folder: a flow's (bh-train) or, for 'unet' /
+    'cyclegan', a baseline's (bh-baselines); `nyul_from`: a folder of target-site
+    scans to learn the Nyul scale from (`with_nyul_from`). Raises ValueError (or
+    CheckpointError) naming the folder when it does not hold what `name` needs."""
     if name not in ALL_METHODS:
         raise ValueError(f"method must be one of {ALL_METHODS}, got {name!r}")
     if name in LEARNED_METHODS:
@@ -113,4 +141,7 @@ def load_method(name: str, checkpoint: str | Path, settings: SolverConfig, batch
             raise ValueError(f"{checkpoint}: holds a {baseline.config.kind} baseline, "
                              f"not a {name}")
         return baseline_method(baseline, batch_size)
-    return flow_method(load_flow(checkpoint), name, settings, batch_size, devices)
+    flow = load_flow(checkpoint)
+    if nyul_from is not None:
+        flow = with_nyul_from(flow, nyul_from)
+    return flow_method(flow, name, settings, batch_size, devices)

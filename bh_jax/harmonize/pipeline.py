@@ -1,55 +1,208 @@
 """Volumes in, harmonized volumes out (Python API over the engine).
 
-    harmonizer = Harmonizer(model, params, SolverConfig(), batch_size=16)
-    results = harmonize_volumes(harmonizer, prepared_volumes, reference)
+    harmonizer = Harmonizer(model, params, SolverConfig(), batch_size=16)  # the default
+    results = harmonize_volumes(harmonizer, one_sites_volumes, reference)
+
+Every result carries, besides its slices on the prior's grid, the `IntensityTransform`
+that writes it on the scan's own voxels (`bh_jax.harmonize.transform`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from bh_jax.baselines.hm import histogram_match
+from bh_jax.baselines.nyul import landmarks
 from bh_jax.baselines.ssimh import spectrum_swap
-from bh_jax.harmonize.calibration import Calibrator, IntensityCurve
+from bh_jax.harmonize.calibration import Calibrator, IntensityCurve, curve_parameters
 from bh_jax.harmonize.engine import Harmonizer
 from bh_jax.harmonize.settings import Weights
-from bh_jax.preprocess import PreparedVolume
+from bh_jax.harmonize.transform import (
+    BiasField,
+    IntensityTransform,
+    brain_box,
+    field_basis,
+    fit_transform,
+    monotone_knots,
+)
+from bh_jax.preprocess import PreparedVolume, match_noise
 from bh_jax.reference import TargetReference
 
-METHODS = ("blindharmony", "hm", "ssimh")
+METHODS = ("blindharmony", "hm", "nyul", "ssimh")
 
 
 @dataclass
 class HarmonizedVolume:
-    """Harmonized slices of one volume and their per-slice diagnostics."""
+    """One harmonized volume.
+
+    Attributes:
+      prepared: the volume as the method saw it (on the prior's grid).
+      slices: [N, H, W] harmonized slices in [0, 1] (that grid).
+      diagnostics: per-slice QC, name -> [N].
+      transform: what the method did as an intensity transform of the volume,
+        to apply to its native voxels; exact for curve methods (BlindHarmony's
+        calibration, HM, Nyul), fitted from source to result for the others.
+      notes: what the report should say about how it was made (noise matching,
+        its site's curve, ...).
+    """
 
     prepared: PreparedVolume
-    slices: np.ndarray  # [N, H, W] in [0, 1]
-    diagnostics: dict[str, np.ndarray]  # name -> [N]
-    curve: IntensityCurve | None = None  # init 'calibrated': the volume's intensity curve
+    slices: np.ndarray
+    diagnostics: dict[str, np.ndarray]
+    transform: IntensityTransform | None = None
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def exact_transform(self) -> bool:
+        """Whether `transform` is what the method did (not a fit to its result)."""
+        return self.transform is not None and self.transform.kind != "fitted"
 
 
-def initial_images(prepared: PreparedVolume, reference: TargetReference, init: str,
-                   calibrator: Calibrator | None = None, curve: IntensityCurve | None = None
-                   ) -> tuple[np.ndarray, IntensityCurve | None]:
-    """(x_init [N, H, W], intensity curve or None) for the solver: 'calibrated'
-    (the given `curve`, else the volume's own fit: needs `calibrator`), 'hm',
-    'template' or 'source'."""
-    slices, masks = prepared.slices, prepared.slice_masks
-    if init == "calibrated":
-        if curve is None:
-            if calibrator is None:
-                raise ValueError("init 'calibrated' needs a Calibrator")
-            curve, _ = calibrator.curve(slices, masks, reference)
-        return curve(slices, masks), curve
-    if init == "hm":
-        return histogram_match(slices, masks, reference), None
-    if init == "template":
-        return np.broadcast_to(reference.mean_slice, slices.shape) * masks, None
-    return slices, None
+@dataclass(frozen=True)
+class SiteCurve:
+    """A site's intensity curve, fitted on its volumes pooled.
+
+    Attributes:
+      first: fitted on the (noise-matched) volumes as they are.
+      final: with fields, refitted on the volumes corrected by their fields (each
+        fitted with `first` held); else `first`.
+      fields: {volume path: field coefficients [9]} of the volumes it was fitted
+        on (a run reuses them instead of fitting them again).
+      volumes: how many volumes it was fitted on.
+    """
+
+    first: IntensityCurve
+    final: IntensityCurve
+    fields: dict[str, np.ndarray]
+    volumes: int
+
+    def as_dict(self) -> dict:
+        return {"curve": self.final.as_dict(), "before_fields": self.first.as_dict(),
+                "fitted_on_volumes": self.volumes}
+
+
+def fit_slices(prepared: PreparedVolume, reference: TargetReference,
+               noise_matched: bool) -> tuple[np.ndarray, float]:
+    """(the slices the likelihood sees, the smoothing applied in pixels): with
+    `noise_matched`, smoothed to the target's noise-to-contrast ratio."""
+    if not noise_matched:
+        return prepared.slices, 0.0
+    return match_noise(prepared.slices, prepared.slice_masks, float(reference.noise_ratio))
+
+
+def field_frame(prepared: PreparedVolume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(basis [N, 9, H, W] of the slices' pixels, center, half-extents in mm): where a
+    volume's field is fitted, in world coordinates over its brain's box."""
+    center, half = brain_box(prepared.brain_world_positions())
+    basis = field_basis(prepared.world_positions(), center, half)
+    return np.moveaxis(basis, -1, 1).astype(np.float32), center, half
+
+
+def volume_field(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndarray,
+                 curve: IntensityCurve) -> BiasField:
+    """The volume's multiplicative field under a held `curve` (its fit slices)."""
+    basis, center, half = field_frame(prepared)
+    coefficients, _ = calibrator.field(slices, prepared.slice_masks, basis, curve,
+                                       calibrator.config.field_penalty)
+    return BiasField(coefficients, center, half)
+
+
+def log_field_of(prepared: PreparedVolume, field: BiasField | None) -> np.ndarray | None:
+    return None if field is None else field.log_field(prepared.world_positions()).astype(
+        np.float32)
+
+
+def fit_site_curve(calibrator: Calibrator, prepared: list[PreparedVolume],
+                   reference: TargetReference) -> SiteCurve:
+    """One site's curve from its volumes (`CalibrationConfig` says how): the curve of
+    the volumes pooled; with fields, each volume's field under it, then the curve
+    refitted on the volumes corrected by their fields."""
+    config = calibrator.config
+    inputs = [(fit_slices(p, reference, config.noise_matched)[0], p.slice_masks)
+              for p in prepared]
+    first, _ = calibrator.shared_curve(inputs, reference)
+    if config.field_penalty is None:
+        return SiteCurve(first, first, {}, len(prepared))
+    fields = [volume_field(calibrator, p, x, first) for p, (x, _) in zip(prepared, inputs)]
+    final, _ = calibrator.shared_curve(
+        [(x, m, log_field_of(p, f)) for p, (x, m), f in zip(prepared, inputs, fields)],
+        reference)
+    return SiteCurve(first, final, {p.volume.path: f.coefficients
+                                    for p, f in zip(prepared, fields)}, len(prepared))
+
+
+def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
+                         reference: TargetReference, site: SiteCurve | None = None
+                         ) -> tuple[IntensityTransform, dict]:
+    """A volume's intensity transform by the likelihood: its site's curve (`site`,
+    with its own field fitted under the site's first curve) or, without a site,
+    its own curve (and field). Returns (transform, notes for the report)."""
+    config = calibrator.config
+    slices, smoothing = fit_slices(prepared, reference, config.noise_matched)
+    notes = {"noise_contrast_ratio_target": float(reference.noise_ratio),
+             "noise_smoothing_px": smoothing}
+    if site is None:
+        first, _ = calibrator.curve(slices, prepared.slice_masks, reference)
+        site = SiteCurve(first, first, {}, 1)
+        if config.field_penalty is not None:
+            field = volume_field(calibrator, prepared, slices, first)
+            final, _ = calibrator.curve(slices, prepared.slice_masks, reference,
+                                        log_field_of(prepared, field))
+            site = SiteCurve(first, final, {prepared.volume.path: field.coefficients}, 1)
+    field = None
+    if config.field_penalty is not None:
+        coefficients = site.fields.get(prepared.volume.path)
+        if coefficients is None:
+            field = volume_field(calibrator, prepared, slices, site.first)
+        else:
+            field = BiasField(coefficients, *field_frame(prepared)[1:])
+    notes["fitted"] = site.final.fitted
+    transform = IntensityTransform(site.final.knots, site.final.values, field=field,
+                                   kind="curve")
+    if not config.fallback:
+        return transform, notes
+    return safety_net(calibrator, prepared, slices, transform, reference, notes)
+
+
+def safety_net(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndarray,
+               transform: IntensityTransform, reference: TargetReference, notes: dict
+               ) -> tuple[IntensityTransform, dict]:
+    """`transform`, or Nyul's map of the volume where the prior finds that more likely.
+
+    Both are scored by the same change-of-variables likelihood of the volume's
+    (fit) `slices`, in bits/dim: a curve that did not converge, or that explains
+    the volume worse than the classical map does, is replaced by the classical map,
+    and `notes` say so ("fallback"). Without a Nyul scale (an older prior), the
+    transform is kept and only its own score is noted."""
+    masks = prepared.slice_masks
+    log_fields = log_field_of(prepared, transform.field)
+    ours, _ = calibrator.likelihood(curve_parameters(transform.values), slices, masks,
+                                    transform.knots, log_fields)
+    notes["bits_per_dim"] = {"transform": ours}
+    try:
+        nyul = nyul_transform(prepared, reference)
+    except ValueError:  # no Nyul scale
+        return transform, notes
+    theirs, _ = calibrator.likelihood(curve_parameters(nyul.values), slices, masks, nyul.knots)
+    notes["bits_per_dim"]["nyul"] = theirs
+    reason = ("the intensity curve fit did not converge" if not notes.get("fitted", True)
+              else "its score is not finite" if not np.isfinite(ours)
+              else f"the prior scores Nyul's map higher ({theirs:.4f} < {ours:.4f} bits/dim)"
+              if theirs < ours else None)
+    if reason is None:
+        return transform, notes
+    notes["fallback"] = f"nyul: {reason}"
+    return nyul, notes
+
+
+def transformed_slices(prepared: PreparedVolume, transform: IntensityTransform) -> np.ndarray:
+    """[N, H, W] the volume's slices through its transform; zero background."""
+    world = prepared.world_positions() if transform.field is not None else None
+    return np.where(prepared.slice_masks, transform(prepared.slices, world),
+                    0.0).astype(np.float32)
 
 
 def curve_fit_status(done: int, total: int, seconds: float, first: float) -> str:
@@ -65,61 +218,82 @@ def curve_fit_status(done: int, total: int, seconds: float, first: float) -> str
 
 
 def shared_curve(harmonizer: Harmonizer, prepared: list[PreparedVolume],
-                 reference: TargetReference) -> IntensityCurve:
-    """One intensity curve for all of `prepared` (`Calibrator.shared_curve`; the
-    harmonizer's init must be 'calibrated')."""
-    return harmonizer.calibrator.shared_curve(
-        [(p.slices, p.slice_masks) for p in prepared], reference)[0]
+                 reference: TargetReference) -> SiteCurve:
+    """One site's curve for all of `prepared` (the harmonizer's init must be
+    'calibrated')."""
+    return fit_site_curve(harmonizer.calibrator, prepared, reference)
+
+
+def initial_images(prepared: PreparedVolume, reference: TargetReference, init: str,
+                   calibrator: Calibrator | None = None, site: SiteCurve | None = None
+                   ) -> tuple[np.ndarray, IntensityTransform | None, dict]:
+    """(x_init [N, H, W], the calibrated transform or None, notes) for the solver:
+    'calibrated' (the site's curve if given, else the volume's own: needs
+    `calibrator`), 'hm', 'template' or 'source'."""
+    slices, masks = prepared.slices, prepared.slice_masks
+    if init == "calibrated":
+        if calibrator is None:
+            raise ValueError("init 'calibrated' needs a Calibrator")
+        transform, notes = calibrated_transform(calibrator, prepared, reference, site)
+        return transformed_slices(prepared, transform), transform, notes
+    if init == "hm":
+        return histogram_match(slices, masks, reference), None, {}
+    if init == "template":
+        return np.broadcast_to(reference.mean_slice, slices.shape) * masks, None, {}
+    return slices, None, {}
 
 
 def harmonize_volumes(harmonizer: Harmonizer, prepared: list[PreparedVolume],
                       reference: TargetReference, progress=None,
-                      weights: Weights | None = None, curve: IntensityCurve | None = None
+                      weights: Weights | None = None, site: SiteCurve | None = None
                       ) -> list[HarmonizedVolume]:
     """Harmonizes several volumes with BlindHarmony, their slices packed together.
 
     Args:
       harmonizer: the compiled engine.
-      prepared: volumes from `bh_jax.preprocess.prepare_volume`.
-      reference: target statistics (for the HM or template initialisation).
+      prepared: volumes from `bh_jax.preprocess.prepare_volume`; with
+        `calibration.shared`, the volumes of ONE site (scanner and protocol).
+      reference: target statistics.
       progress: optional tqdm-like bar, advanced by slices.
       weights: b1, b2, alpha (default: the harmonizer's settings); changing
         them does not recompile.
-      curve: init 'calibrated': the intensity curve of every volume (e.g. a
-        whole run's `Calibrator.shared_curve`). Default: with
-        `calibration.shared`, one curve fitted on `prepared` together; else
-        one per volume.
+      site: init 'calibrated': the site's curve for every volume (e.g. a whole
+        run's, `shared_curve`). Default: with `calibration.shared`, one fitted
+        on `prepared` together; else one curve per volume.
     """
     if not prepared:
         return []
-    init = harmonizer.settings.init
-    if curve is None and init == "calibrated" and harmonizer.settings.calibration.shared:
-        curve = shared_curve(harmonizer, prepared, reference)
+    settings = harmonizer.settings
+    calibrated = settings.init == "calibrated"
+    if site is None and calibrated and settings.calibration.shared:
+        site = shared_curve(harmonizer, prepared, reference)
     sources = np.concatenate([p.slices for p in prepared])
     brains = np.concatenate([p.slice_masks for p in prepared])
     # Curve fits (seconds each on a 2-core CPU, the first also compiles) come
     # before the first batch: say so, with the time left, rather than sit at 0 %.
-    report = (harmonizer.calibrator is not None and curve is None
-              and hasattr(progress, "set_postfix_str"))
+    report = calibrated and hasattr(progress, "set_postfix_str")
     starts, began, first = [], time.perf_counter(), 0.0
     for i, p in enumerate(prepared):
         if report:
             progress.set_postfix_str(curve_fit_status(i, len(prepared),
                                                       time.perf_counter() - began, first))
-        starts.append(initial_images(p, reference, init, harmonizer.calibrator, curve))
+        starts.append(initial_images(p, reference, settings.init, harmonizer.calibrator, site))
         if i == 0:
             first = time.perf_counter() - began
     if report:
         progress.set_postfix_str("")
-    inits = np.concatenate([x_init for x_init, _ in starts])
+    inits = np.concatenate([x_init for x_init, _, _ in starts])
     on_batch = progress.update if progress is not None else None
     slices, diagnostics = harmonizer.harmonize_slices(sources, brains, inits, on_batch, weights)
     results, start = [], 0
-    for p, (_, curve) in zip(prepared, starts):
+    for p, (_, transform, notes) in zip(prepared, starts):
         stop = start + len(p.slices)
-        results.append(HarmonizedVolume(p, slices[start:stop],
-                                        {k: v[start:stop] for k, v in diagnostics.items()},
-                                        curve))
+        out = slices[start:stop]
+        if settings.solver != "curve" or transform is None:  # the solver moved the pixels
+            transform = fit_transform(p.slices, out, p.slice_masks, p.world_positions())
+        results.append(HarmonizedVolume(p, out, {k: v[start:stop]
+                                                 for k, v in diagnostics.items()},
+                                        transform, notes))
         start = stop
     return results
 
@@ -131,12 +305,34 @@ def harmonize_volume(harmonizer: Harmonizer, prepared: PreparedVolume,
     return harmonize_volumes(harmonizer, [prepared], reference, weights=weights)[0]
 
 
+def hm_transform(prepared: PreparedVolume, reference: TargetReference) -> IntensityTransform:
+    """HM as a transform: the volume's in-brain quantiles -> the target's."""
+    values = prepared.slices[prepared.slice_masks]
+    levels = np.linspace(0.0, 1.0, len(reference.quantiles))
+    return IntensityTransform(*monotone_knots(np.quantile(values, levels), reference.quantiles),
+                              kind="hm")
+
+
+def nyul_transform(prepared: PreparedVolume, reference: TargetReference) -> IntensityTransform:
+    """Nyul as a transform: the volume's landmarks -> the standard scale."""
+    scale = reference.nyul_scale()
+    marks = landmarks(prepared.slices[prepared.slice_masks], scale.percentiles)
+    return IntensityTransform(*monotone_knots(marks, scale.intensities), extrapolate=True,
+                              kind="nyul")
+
+
 def classical(method: str, prepared: PreparedVolume, reference: TargetReference) -> HarmonizedVolume:
-    """HM or SSIMH of one volume (no per-slice diagnostics beyond the slice count)."""
+    """HM, Nyul or SSIMH of one volume (no per-slice diagnostics)."""
+    masks = prepared.slice_masks
     if method == "hm":
-        slices = histogram_match(prepared.slices, prepared.slice_masks, reference)
+        slices, transform = (histogram_match(prepared.slices, masks, reference),
+                             hm_transform(prepared, reference))
+    elif method == "nyul":
+        slices = reference.nyul_scale()(prepared.slices, masks)
+        transform = nyul_transform(prepared, reference)
     elif method == "ssimh":
-        slices = spectrum_swap(prepared.slices, prepared.slice_masks, reference)
+        slices = spectrum_swap(prepared.slices, masks, reference)
+        transform = fit_transform(prepared.slices, slices, masks, prepared.world_positions())
     else:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return HarmonizedVolume(prepared, slices, {})
+    return HarmonizedVolume(prepared, slices, {}, transform)

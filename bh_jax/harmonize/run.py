@@ -1,41 +1,55 @@
-"""Harmonize files: plan the jobs, load, harmonize in packed batches, write
-NIfTI + JSON (+ PNG).
+"""Harmonize files: plan the jobs, group them by site, bring each scan to the prior's
+grid, harmonize in packed batches, write NIfTI + JSON (+ PNG) on each scan's own grid.
 
-Used by `bh-harmonize` (harmonize.py). One failing subject does not stop the others; every
-output is written atomically, and nothing is written for a failed subject.
+Used by `bh-harmonize` (harmonize.py). One failing subject does not stop the others.
+Every file is written atomically, the NIfTI last: an output counts as done only when
+its NIfTI exists and its JSON report says it was made with this run's method,
+settings and checkpoint. One run at a time writes to a folder (a lock file).
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import fcntl
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from bh_jax.figures import new_figure, save_figure
-from bh_jax.harmonize.calibration import IntensityCurve
 from bh_jax.harmonize.methods import VolumeMethod
-from bh_jax.harmonize.pipeline import HarmonizedVolume
-from bh_jax.inputs import load_prepared, mask_for, resolution_warning
+from bh_jax.harmonize.pipeline import HarmonizedVolume, SiteCurve
+from bh_jax.inputs import Scan, load_scan, mask_for
 from bh_jax.io import BadInputError, save_like, strip_nifti_suffix, write_json_atomic
 from bh_jax.preprocess import reassemble
+from bh_jax.version import code_version
+
+OUTPUT_SUFFIX = "_harmonized"
+LOCK_FILE = ".bh_jax.lock"
+SITE_CHOICES = ("folder", "one", "each")  # or a table file
+# At most this many of a site's inputs feed its intensity curve (they are all
+# loaded at once).
+SITE_CURVE_VOLUMES = 32
 
 
 def output_path(output_dir: Path, source: Path) -> Path:
     """OUT/<name>_harmonized.nii.gz for an input file."""
-    return Path(output_dir) / f"{strip_nifti_suffix(Path(source).name)}_harmonized.nii.gz"
+    return Path(output_dir) / f"{strip_nifti_suffix(Path(source).name)}{OUTPUT_SUFFIX}.nii.gz"
 
 
 @dataclass(frozen=True)
 class Job:
-    """One input file, its outputs, and (optionally) its brain mask file."""
+    """One input file, its outputs, its site, and (optionally) its brain mask file."""
 
     input: Path
     output: Path  # .../<name>_harmonized.nii.gz
     mask: Path | None = None  # None: matched in --mask-dir, or automatic
+    site: str = "all"
 
     @property
     def report(self) -> Path:
@@ -46,50 +60,174 @@ class Job:
         return self.output.with_name(self.output.name.replace(".nii.gz", ".png"))
 
 
-def plan_jobs(inputs: list[Path], output_dir: str | Path,
-              overwrite: bool = False) -> tuple[list[Job], list[Path]]:
-    """(jobs to run, inputs skipped because their output exists) for a run.
+def run_signature(method: VolumeMethod, output_scale: str) -> dict:
+    """What an output must have been made with to count as done for this run."""
+    return {"method": method.name,
+            "settings": asdict(method.settings) if method.settings else None,
+            "checkpoint_sha256": method.identity.get("sha256"), "output_scale": output_scale}
+
+
+def output_state(job: Job, signature: dict | None) -> str:
+    """'done', 'missing' (or incomplete: redo it) or 'stale: <why>' (made otherwise)."""
+    import json
+
+    if not (job.output.is_file() and job.report.is_file()):
+        return "missing"
+    try:
+        made = json.loads(job.report.read_text()).get("signature")
+    except (OSError, ValueError):
+        return "missing"
+    if signature is None or made == signature:
+        return "done"
+    differs = [k for k in signature if (made or {}).get(k) != signature[k]]
+    return f"stale: made with another {' and '.join(differs) or 'version'}"
+
+
+def is_output(path: Path, output_dir: Path) -> bool:
+    """Whether an input is one of this folder's outputs (never harmonized again)."""
+    return (path.resolve().parent == Path(output_dir).resolve()
+            and strip_nifti_suffix(path.name).endswith(OUTPUT_SUFFIX))
+
+
+def plan_jobs(inputs: list[Path], output_dir: str | Path, overwrite: bool = False,
+              signature: dict | None = None, sites: dict[Path, str] | None = None
+              ) -> tuple[list[Job], list[Path]]:
+    """(jobs to run, inputs skipped because their output is done) for a run.
+
+    The same file named twice (a relative and an absolute path) is one input; this
+    folder's own outputs are never inputs. `sites` maps inputs to site labels.
 
     Raises:
-      ValueError: two inputs would write the same output (same file name in
-        different folders, or `x.nii` beside `x.nii.gz`), one line naming them.
+      ValueError (one line): two inputs would write the same output (same file
+        name in different folders, or `x.nii` beside `x.nii.gz`); or, without
+        `overwrite`, an output exists that was made with another method, other
+        settings or another checkpoint.
     """
+    output_dir = Path(output_dir)
+    unique = list(dict.fromkeys(Path(p).resolve() for p in inputs
+                                if not is_output(Path(p), output_dir)))
     by_output: dict[Path, list[Path]] = {}
-    for path in inputs:
-        by_output.setdefault(output_path(output_dir, path), []).append(Path(path))
+    for path in unique:
+        by_output.setdefault(output_path(output_dir, path), []).append(path)
     for output, sources in by_output.items():
         if len(sources) > 1:
             raise ValueError(f"{len(sources)} inputs would write {output} "
                              f"({', '.join(map(str, sources))}): harmonize them into "
                              "different --output-dir folders")
-    jobs = [Job(src[0], out) for out, src in by_output.items() if overwrite or not out.exists()]
-    skipped = [src[0] for out, src in by_output.items() if not overwrite and out.exists()]
+    jobs, skipped = [], []
+    for output, (path,) in by_output.items():
+        job = Job(path, output, site=(sites or {}).get(path, "all"))
+        state = "missing" if overwrite else output_state(job, signature)
+        if state.startswith("stale"):
+            raise ValueError(f"{output}: {state.split(': ', 1)[1]} than this run's: use "
+                             "--overwrite to redo it, or another --output-dir")
+        (skipped.append(path) if state == "done" else jobs.append(job))
     return jobs, skipped
 
 
-# At most this many inputs feed a run's shared intensity curve (memory: they are
-# all loaded at once).
-SHARED_CURVE_VOLUMES = 32
-
-
-def shared_curve_for_run(method: VolumeMethod, inputs: list[Path],
-                         mask_dir: str | Path | None = None) -> IntensityCurve | None:
-    """A run's one intensity curve if `method` shares one (`VolumeMethod.fit_curve`),
-    else None. Fitted on up to `SHARED_CURVE_VOLUMES` of `inputs`, evenly spaced;
-    pass all of a run's inputs, done ones included, so that a resumed run uses
-    the same curve. Inputs that cannot be loaded are left out (`run_jobs`
-    reports them)."""
-    if method.fit_curve is None or not inputs:
-        return None
-    picks = np.unique(np.linspace(0, len(inputs) - 1, SHARED_CURVE_VOLUMES).round().astype(int))
-    volumes = []
-    for path in (inputs[i] for i in picks):
+@contextlib.contextmanager
+def output_lock(output_dir: str | Path) -> Iterator[None]:
+    """Holds the output folder for this run; ValueError (one line) if another run
+    holds it. On entry, removes the temporary files that a killed run left."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / LOCK_FILE, "a+") as lock:
         try:
-            volumes.append(load_prepared(path, method.data, mask_for(path, mask_dir),
-                                         method.min_size))
-        except BadInputError:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise ValueError(f"{output_dir}: another bh-harmonize run ({holder}) is writing "
+                             "there: wait for it to finish, or use another --output-dir"
+                             ) from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        for leftover in output_dir.glob(f".*{OUTPUT_SUFFIX}.*.tmp*"):
+            with contextlib.suppress(OSError):  # another user's, or gone meanwhile
+                leftover.unlink()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_site_table(path: str | os.PathLike) -> dict[str, str]:
+    """{file name (or BIDS participant id) -> site} from a two-column CSV/TSV table
+    (a header row is allowed: its first cell is not a NIfTI name)."""
+    path = Path(path)
+    text = path.read_text()
+    lines = text.splitlines() or [""]
+    dialect = csv.excel_tab if "\t" in lines[0] else csv.excel
+    table = {}
+    for row in csv.reader(text.splitlines(), dialect):
+        if len(row) < 2 or not row[0].strip():
             continue
-    return method.fit_curve(volumes) if volumes else None
+        table[row[0].strip()] = row[1].strip()
+    if not table:
+        raise ValueError(f"{path}: no 'file<TAB>site' rows (--sites table)")
+    return table
+
+
+def site_of(path: Path, table: dict[str, str]) -> str | None:
+    """A file's site in a table: by its path, its name, its name without the NIfTI
+    suffix, or its BIDS `sub-` entity (a participants.tsv row)."""
+    name = strip_nifti_suffix(path.name)
+    participant = next((part for part in name.split("_") if part.startswith("sub-")), None)
+    for key in (str(path), path.name, name, participant):
+        if key is not None and key in table:
+            return table[key]
+    return None
+
+
+def site_groups(inputs: list[Path], sites: str) -> tuple[dict[Path, str], str]:
+    """({input: site label}, how they were grouped) for `--sites`: 'folder' (by
+    parent folder), 'one' (all together), 'each' (one per volume) or a table."""
+    inputs = [Path(p).resolve() for p in inputs]
+    if sites == "folder":
+        return {p: str(p.parent) for p in inputs}, "by folder (--sites folder)"
+    if sites == "one":
+        return {p: "all" for p in inputs}, "all inputs one site (--sites one)"
+    if sites == "each":
+        return {p: str(p) for p in inputs}, "one curve per volume (--sites each)"
+    table = read_site_table(sites)
+    groups = {p: site_of(p, table) for p in inputs}
+    missing = [str(p) for p, site in groups.items() if site is None]
+    if missing:
+        raise ValueError(f"{sites}: no site for {len(missing)} input(s), e.g. {missing[0]}")
+    return groups, f"by the table {sites}"
+
+
+def load_job_scan(job: Job, method: VolumeMethod, mask_dir=None) -> Scan:
+    return load_scan(job.input, method.data, method.voxel_mm,
+                     job.mask or mask_for(job.input, mask_dir), method.min_size)
+
+
+def fit_site_curves(method: VolumeMethod, jobs: list[Job], mask_dir=None,
+                    progress: bool = False) -> dict[str, SiteCurve]:
+    """Each site's intensity curve, for a method that shares one (`VolumeMethod.fit_site`),
+    fitted on up to `SITE_CURVE_VOLUMES` of its inputs, evenly spaced; pass all of
+    a run's jobs, done ones included, so that a resumed run uses the same curves.
+    Inputs that cannot be loaded are left out (`run_jobs` reports them). With
+    `progress`, a bar counts the sites (a fit takes minutes on a CPU)."""
+    from tqdm.auto import tqdm
+
+    if method.fit_site is None:
+        return {}
+    curves = {}
+    sites = list(dict.fromkeys(job.site for job in jobs))
+    for site in tqdm(sites, desc="site curves", unit="site", disable=not progress):
+        members = [job for job in jobs if job.site == site]
+        picks = np.unique(np.linspace(0, len(members) - 1, SITE_CURVE_VOLUMES).round()
+                          .astype(int))
+        volumes = []
+        for job in (members[i] for i in picks):
+            with contextlib.suppress(BadInputError):
+                volumes.append(load_job_scan(job, method, mask_dir).prepared)
+        if volumes:
+            curves[site] = method.fit_site(volumes)
+    return curves
 
 
 def save_qc_png(result: HarmonizedVolume, path: Path, n_slices: int = 3) -> None:
@@ -111,29 +249,70 @@ def save_qc_png(result: HarmonizedVolume, path: Path, n_slices: int = 3) -> None
     save_figure(fig, path, dpi=80)
 
 
-def write_result(job: Job, result: HarmonizedVolume, method: VolumeMethod, output_scale: str,
-                 qc_png: bool, timings: dict[str, float], mask_source: str) -> None:
-    """Writes a harmonized volume (NIfTI), its JSON report and, if asked, a QC figure."""
+def native_output(scan: Scan, result: HarmonizedVolume, output_scale: str = "input"
+                  ) -> tuple[np.ndarray, str]:
+    """(the harmonized scan on its own voxels, canonical order; how it was made).
+
+    Curve methods' transforms, and every method's on a resampled scan, are applied
+    to all of the native brain voxels; on its own grid, a method that moved the
+    pixels keeps its slices (`preprocess.reassemble`). Outside the brain (and, for
+    the latter, outside the slices it saw) the scan stays as it was."""
+    prepared = result.prepared
+    if not (result.exact_transform or scan.resampling.resampled):
+        return reassemble(prepared, result.slices, output_scale), "the method's slices"
+    native = scan.native
+    high = prepared.scale.high
+    voxels = np.argwhere(scan.native_mask)
+    affine = native.canonical_affine
+    world = (voxels @ affine[:3, :3].T + affine[:3, 3]
+             if result.transform.field is not None else None)
+    mapped = result.transform(native.data[scan.native_mask] / high, world)
+    if output_scale == "input":
+        out = native.data.copy()
+        out[scan.native_mask] = mapped * high
+    elif output_scale == "unit":
+        out = np.clip(native.data / high, 0.0, 1.0).astype(np.float32)
+        out[scan.native_mask] = mapped
+    else:
+        raise ValueError(f"output_scale must be 'input' or 'unit', got {output_scale!r}")
+    how = ("its intensity transform" if result.exact_transform else
+           "an intensity transform fitted from source to result on the prior's grid")
+    return out.astype(np.float32), f"{how}, applied to every native brain voxel"
+
+
+def save_harmonized(path: str | os.PathLike, scan: Scan, result: HarmonizedVolume,
+                    output_scale: str = "input") -> None:
+    """Writes a harmonized scan as a NIfTI on the scan's own grid and header
+    (`native_output`), atomically."""
+    save_like(path, native_output(scan, result, output_scale)[0], scan.native)
+
+
+def write_result(job: Job, scan: Scan, result: HarmonizedVolume, method: VolumeMethod,
+                 output_scale: str, qc_png: bool, timings: dict[str, float],
+                 site: dict | None = None) -> None:
+    """Writes a harmonized scan: the QC figure (if asked), the JSON report, then the
+    NIfTI (on the scan's own grid), each atomically; the NIfTI marks it done."""
     prepared = result.prepared
     start = time.perf_counter()
-    volume = reassemble(prepared, result.slices, output_scale)
-    save_like(job.output, volume, prepared.volume)
+    volume, how = native_output(scan, result, output_scale)
     if qc_png:
         save_qc_png(result, job.figure)
     timings["write_s"] = time.perf_counter() - start
     write_json_atomic(job.report, {
         "input": str(job.input), "output": str(job.output), "method": method.name,
+        "signature": run_signature(method, output_scale), "code_version": code_version(),
         "settings": asdict(method.settings) if method.settings else None,
-        "checkpoint": method.identity, "mask": mask_source, "output_scale": output_scale,
+        "checkpoint": method.identity, "mask": scan.mask_source, "output_scale": output_scale,
         "intensity_high": prepared.scale.high, "slice_indices": prepared.slice_indices,
-        "voxel_mm": [float(z) for z in prepared.volume.header.get_zooms()[:3]],
-        "warnings": [w for w in [resolution_warning(prepared.volume.voxel_mm,
-                                                    method.voxel_mm)] if w],
-        "brain_outside_window": prepared.brain_outside_window(),  # left as in the input
-        "timings": timings,
-        "intensity_curve": result.curve.as_dict() if result.curve is not None else None,
+        "voxel_mm": [float(z) for z in scan.native.header.get_zooms()[:3]],
+        "resampling": scan.resampling.as_dict(), "output_written_by": how,
+        "brain_outside_window": prepared.brain_outside_window(),
+        "site": site, "timings": timings,
+        "intensity_transform": result.transform.as_dict() if result.transform else None,
+        "calibration": result.notes or None,
         "diagnostics": {k: np.asarray(v).tolist() for k, v in result.diagnostics.items()},
     })
+    save_like(job.output, volume, scan.native)
 
 
 def estimated_slices(slices_loaded: int, subjects_loaded: int, subjects_left: int) -> int:
@@ -145,16 +324,17 @@ def estimated_slices(slices_loaded: int, subjects_loaded: int, subjects_left: in
 
 def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
              mask_dir=None, qc_png: bool = False, chunk: int = 8,
-             progress: bool = True, curve: IntensityCurve | None = None
-             ) -> list[tuple[Path, str]]:
+             progress: bool = True, sites: dict[str, SiteCurve] | None = None,
+             grouping: str = "") -> list[tuple[Path, str]]:
     """Harmonizes every job; returns [(input, reason)] for those that failed.
 
-    Subjects are loaded `chunk` at a time; the progress bar's total (hence its
-    ETA) is the whole run's, estimated until the last chunk is loaded. `curve`:
-    the run's shared intensity curve (`shared_curve_for_run`), if any.
+    Subjects are loaded `chunk` at a time and harmonized site by site; the
+    progress bar's total (hence its ETA) is the whole run's, estimated until the
+    last chunk is loaded. `sites`: each site's intensity curve (`fit_site_curves`).
     """
     from tqdm.auto import tqdm
 
+    sites = sites or {}
     failures: list[tuple[Path, str]] = []
     bar = tqdm(total=0, unit="slice", desc=f"harmonize ({method.name})", disable=not progress)
     if progress and method.settings is not None:
@@ -162,43 +342,49 @@ def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
         tqdm.write(f"compiling the {method.settings.solver} solver once for the whole run ...",
                    file=sys.stderr)
     done = slices_loaded = subjects_loaded = 0
+    members = {site: sum(job.site == site for job in jobs) for site in sites}
     for first in range(0, len(jobs), chunk):
         loaded = []
         for job in jobs[first:first + chunk]:
             start = time.perf_counter()
             try:
-                mask_path = job.mask or mask_for(job.input, mask_dir)
-                prepared = load_prepared(job.input, method.data, mask_path, method.min_size)
+                scan = load_job_scan(job, method, mask_dir)
             except BadInputError as err:
                 failures.append((job.input, str(err)))
                 continue
-            warning = resolution_warning(prepared.volume.voxel_mm, method.voxel_mm)
-            if warning:
-                tqdm.write(f"warning: {job.input}: {warning}", file=sys.stderr)
-            loaded.append((job, prepared, time.perf_counter() - start,
-                           str(mask_path) if mask_path else "automatic"))
-        slices_loaded += sum(len(p.slices) for _, p, _, _ in loaded)
+            loaded.append((job, scan, time.perf_counter() - start))
+        slices_loaded += sum(len(s.prepared.slices) for _, s, _ in loaded)
         subjects_loaded += len(loaded)
         bar.total = estimated_slices(slices_loaded, subjects_loaded,
                                      max(len(jobs) - first - chunk, 0))
         bar.refresh()
-        start = time.perf_counter()
-        results = method.harmonize([p for _, p, _, _ in loaded], bar, curve=curve)
-        seconds = time.perf_counter() - start
-        n_slices = max(sum(len(r.slices) for r in results), 1)
-        for (job, _, load_s, mask_source), result in zip(loaded, results):
-            timings = {"load_s": load_s,
-                       "harmonize_s": seconds * len(result.slices) / n_slices}
-            try:
-                write_result(job, result, method, output_scale, qc_png, timings, mask_source)
-            except (OSError, ValueError) as err:
-                for leftover in (job.output, job.report, job.figure):
-                    with contextlib.suppress(OSError):  # e.g. the folder is not one
-                        leftover.unlink(missing_ok=True)
-                failures.append((job.input, f"{job.output}: could not write ({err})"))
-                continue
-            done += 1
-            bar.set_postfix(subjects=f"{done}/{len(jobs)}")
+        for site in dict.fromkeys(job.site for job, _, _ in loaded):
+            group = [(job, scan, load_s) for job, scan, load_s in loaded if job.site == site]
+            start = time.perf_counter()
+            results = method.harmonize([scan.prepared for _, scan, _ in group], bar,
+                                       site=sites.get(site))
+            seconds = time.perf_counter() - start
+            n_slices = max(sum(len(r.slices) for r in results), 1)
+            record = ({"label": site, "grouping": grouping, "volumes_in_run": members[site],
+                       **sites[site].as_dict()} if site in sites else
+                      {"label": site, "grouping": grouping, "shared_curve": False})
+            for (job, scan, load_s), result in zip(group, results):
+                timings = {"load_s": load_s,
+                           "harmonize_s": seconds * len(result.slices) / n_slices}
+                try:
+                    write_result(job, scan, result, method, output_scale, qc_png, timings,
+                                 record)
+                except (OSError, ValueError) as err:
+                    for leftover in (job.output, job.report, job.figure):
+                        with contextlib.suppress(OSError):  # e.g. the folder is not one
+                            leftover.unlink(missing_ok=True)
+                    failures.append((job.input, f"{job.output}: could not write ({err})"))
+                    continue
+                done += 1
+                if result.notes.get("fallback"):
+                    tqdm.write(f"note: {job.input}: fell back to {result.notes['fallback']}",
+                               file=sys.stderr)
+                bar.set_postfix(subjects=f"{done}/{len(jobs)}")
     bar.total = bar.n  # the estimate counted subjects that then failed to load
     bar.close()
     return failures

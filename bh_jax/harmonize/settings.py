@@ -30,32 +30,54 @@ jax.tree_util.register_dataclass(Weights, data_fields=["b1", "b2", "alpha"], met
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """How to fit a volume's intensity curve.
+    """How to fit the intensity transform of a site's (or one volume's) scans by the
+    flow's change-of-variables likelihood (`bh_jax.harmonize.calibration`).
 
     Attributes:
       segments: linear pieces of the monotone curve (1 = an affine map).
-      steps: L-BFGS iterations (each one evaluation of the likelihood and its
-        gradient, more when the line search rejects the first step).
-      pool: slices of each volume the curve is fitted on (evenly spaced among
-        those with at least half the largest brain area; a fixed number, so
-        one compiled program serves volumes of any length).
+      steps: L-BFGS iterations of a curve fit (each one evaluation of the
+        likelihood and its gradient, more when the line search rejects a step).
+      pool: slices the curve (or a field) is fitted on (evenly spaced among those
+        with at least half the largest brain area; a fixed number, so one
+        compiled program serves volumes of any length).
       shared: one curve for all the volumes harmonized together, fitted on
         their slices pooled (`Calibrator.shared_curve`), instead of one per
         volume: for scans of one scanner and protocol, whose intensity map is
         the same for every subject. The pooled fit cannot absorb a subject's
-        own tissue contrast into the map, so that contrast survives.
+        own tissue contrast into the map, so that contrast survives. Pass ONE
+        site's volumes together (`harmonize.py --sites` groups a run's inputs).
+      noise_matched: fit on each volume smoothed until its noise-to-contrast
+        ratio is the target's (`preprocess.match_noise`; volumes no noisier than
+        the target are used as they are), then map the unsmoothed volume: the
+        flow finds excess noise unlikely, and without this the fit shrinks it
+        by compressing the contrast.
+      field_penalty: also fit a smooth multiplicative field per volume (a
+        quadratic log-field over the brain, held curve, then the curve refitted
+        on the corrected volumes), with this L2 penalty on its coefficients;
+        None: no field.
+      field_steps: L-BFGS iterations of a field fit.
+      fallback: a safety net: where the flow scores Nyul's map of a volume as
+        more likely than the fitted transform (or the fit did not converge), use
+        Nyul's map and say so in the report (`pipeline.safety_net`).
     """
 
     # Chosen on the validation subjects (docs/methods.md).
     segments: int = 4
     steps: int = 30
     pool: int = 16
-    shared: bool = False
+    shared: bool = True
+    noise_matched: bool = True
+    field_penalty: float | None = 1.0
+    field_steps: int = 20
+    fallback: bool = True
 
     def __post_init__(self):
-        for name in ("segments", "steps", "pool"):
+        for name in ("segments", "steps", "pool", "field_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"calibration {name} must be >= 1, got {getattr(self, name)}")
+        if self.field_penalty is not None and not self.field_penalty >= 0:
+            raise ValueError(f"calibration field_penalty must be >= 0 or None, "
+                             f"got {self.field_penalty}")
 
 
 SOLVERS = ("latent", "alternating", "image", "curve")
@@ -78,21 +100,21 @@ class SolverConfig:
         iteration, as in the published code.
       percentile: non-edge mask threshold (percentile of in-brain gradients).
       gradient: 'sobel' or 'diff'.
-      init: x_init: 'calibrated' (the source through its volume's
-        maximum-likelihood intensity curve, `bh_jax.harmonize.calibration`),
+      init: x_init: 'calibrated' (the source through its site's (or volume's)
+        maximum-likelihood intensity transform, `bh_jax.harmonize.calibration`),
         'hm' (the source histogram-matched to the target), 'template' (the
         target's mean slice) or 'source'.
       calibration: how the 'calibrated' curve is fitted.
     """
 
-    solver: str = "latent"
-    steps: int = 10
+    solver: str = "curve"
+    steps: int = 1
     learning_rate: float = 0.05
     schedule: str = "cosine"
     weights: Weights = field(default_factory=Weights)
     percentile: float = 30.0
     gradient: str = "sobel"
-    init: str = "hm"
+    init: str = "calibrated"
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     def __post_init__(self):
@@ -106,21 +128,28 @@ class SolverConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
 
 
+# The default: each site's maximum-likelihood intensity curve with a smooth field
+# per volume, no per-slice optimisation; the best method on the validation
+# subjects of all eight domains (docs/methods.md).
+DEFAULT_SOLVER = "curve"
+
 DEFAULTS = {
-    "latent": SolverConfig(),  # steps 10, lr 0.05, b1 1, b2 0, alpha 0.01
+    # The published method: Adam on z from the histogram-matched source.
+    "latent": SolverConfig(solver="latent", steps=10, init="hm"),  # lr 0.05, b1 1, b2 0, a 0.01
     # The published scheme: 10 iterations, z shrunk by alpha = 1e-3 each time.
-    "alternating": SolverConfig(solver="alternating", steps=10, learning_rate=1.0,
+    "alternating": SolverConfig(solver="alternating", steps=10, learning_rate=1.0, init="hm",
                                 weights=Weights(b1=1.0, b2=1.0, alpha=1e-3)),
     # Adam on the image, exact -log p(x) / D as the prior (`bh_jax.harmonize.solvers`).
     "image": SolverConfig(solver="image", steps=20, learning_rate=0.002, schedule="constant",
+                          init="hm",
                           weights=Weights(b1=1.0, b2=0.0, alpha=0.1)),
-    # The volume's maximum-likelihood intensity curve, no per-slice optimisation
+    # The site's maximum-likelihood intensity curve and each volume's field
     # (`bh_jax.harmonize.calibration`; 4 segments, 30 L-BFGS steps, 16 pooled slices).
-    "curve": SolverConfig(solver="curve", steps=1, init="calibrated"),
+    "curve": SolverConfig(),
 }
 
 
-def default_settings(solver: str = "latent", **overrides) -> SolverConfig:
+def default_settings(solver: str = DEFAULT_SOLVER, **overrides) -> SolverConfig:
     """`solver`'s defaults with `overrides` (SolverConfig fields; None keeps the default).
 
     Raises ValueError for an unknown solver, or for a `calibration` given to

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from bh_jax.config import Config
@@ -65,10 +67,14 @@ class StateCheckpoints:
                 max_to_keep=1, best_fn=_val_bpd, best_mode="min"))
 
     def save(self, step: int, state: Any, val_bpd: float | None = None) -> None:
+        """Saves and waits until the step is committed, so that what is written
+        after it (metrics.json) never runs ahead of the checkpoints."""
         self.latest.save(step, args=ocp.args.StandardSave(state))
         if val_bpd is not None:
             self.best.save(step, args=ocp.args.StandardSave(state),
                            metrics={"val_bpd": float(val_bpd)})
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -85,6 +91,26 @@ class StateCheckpoints:
         self.best.wait_until_finished()
         self.latest.close()
         self.best.close()
+
+
+def folder_digest(folder: str | Path) -> str:
+    """SHA-256 of a folder's files (relative paths and contents, in sorted order):
+    what exactly a checkpoint held, for reports. Hidden files are left out."""
+    digest = hashlib.sha256()
+    folder = Path(folder)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(folder).parts)):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def saved_step(workdir: str | Path) -> int | None:
+    """The latest committed training step in a workdir, or None."""
+    steps = _steps(Path(workdir) / "latest")
+    return steps[-1] if steps else None
 
 
 def _steps(folder: Path) -> list[int]:
@@ -104,6 +130,15 @@ class LoadedFlow:
     params: dict
     reference: TargetReference
     identity: dict[str, Any]
+
+    @property
+    def voxel_mm(self) -> float | None:
+        """The prior's grid: its training volumes' voxel size as recorded (the largest
+        axis, for volumes that were not isotropic), else its preset's; None if neither."""
+        recorded = np.asarray(self.reference.voxel_mm, float)
+        if np.all(np.isfinite(recorded)):
+            return float(recorded.max())
+        return self.config.data.voxel_mm
 
 
 def load_flow(workdir: str | Path, which: str = "best") -> LoadedFlow:
@@ -151,6 +186,7 @@ def load_flow(workdir: str | Path, which: str = "best") -> LoadedFlow:
     if (workdir / METRICS_FILE).is_file():
         metrics = json.loads((workdir / METRICS_FILE).read_text())
     identity = {"workdir": str(workdir.absolute()), "which": which, "step": int(step),
-                "preset": config.name, "best_val_bpd": metrics.get("best_val_bpd")}
+                "preset": config.name, "best_val_bpd": metrics.get("best_val_bpd"),
+                "sha256": folder_digest(workdir)}
     return LoadedFlow(config=config, model=model, params=state["params"],
                       reference=TargetReference.load(reference_path), identity=identity)

@@ -23,18 +23,21 @@ from bh_jax.preprocess import PreparedVolume
 
 @dataclass
 class SliceSet:
-    """Slices [N, H, W] in [0, 1], their brain masks [N, H, W], and the median
-    voxel size [3] (canonical axes, mm) of the volumes they came from, if known."""
+    """Slices [N, H, W] in [0, 1], their brain masks [N, H, W], the median voxel
+    size [3] (canonical axes, mm) of the volumes they came from, and the volume
+    [N] each slice came from, where known."""
 
     slices: np.ndarray
     masks: np.ndarray
     voxel_mm: np.ndarray | None = None
+    volumes: np.ndarray | None = None
 
     @classmethod
     def from_volumes(cls, prepared: list[PreparedVolume]) -> "SliceSet":
         return cls(np.concatenate([p.slices for p in prepared]),
                    np.concatenate([p.slice_masks for p in prepared]),
-                   np.median([p.volume.voxel_mm for p in prepared], axis=0))
+                   np.median([p.volume.voxel_mm for p in prepared], axis=0),
+                   np.concatenate([np.full(len(p.slices), i) for i, p in enumerate(prepared)]))
 
     def __len__(self) -> int:
         return len(self.slices)

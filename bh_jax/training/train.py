@@ -103,8 +103,8 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
     resuming = (workdir / "config.json").is_file()
     check_resume(workdir, config)
     save_config(workdir, config)
-    TargetReference.from_slices(train_set.slices, train_set.masks,
-                                train_set.voxel_mm).save(workdir / REFERENCE_FILE)
+    TargetReference.from_slices(train_set.slices, train_set.masks, train_set.voxel_mm,
+                                train_set.volumes).save(workdir / REFERENCE_FILE)
 
     checkpoints = StateCheckpoints(workdir, tc.keep_last)
     history: list[dict] = []
@@ -117,9 +117,10 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
                                                sharding=jax.sharding.NamedSharding(
                                                    mesh, jax.sharding.PartitionSpec())),
                 abstract_state(model, tc))
-            _, state = checkpoints.restore_latest(abstract)
-            if metrics_path.is_file():
-                history = json.loads(metrics_path.read_text()).get("history", [])
+            restored, state = checkpoints.restore_latest(abstract)
+            if metrics_path.is_file():  # up to the checkpoint: a kill may fall in between
+                history = [h for h in json.loads(metrics_path.read_text()).get("history", [])
+                           if h["step"] <= restored]
         else:
             init = train_set.slices[batch_indices(len(train_set), tc.batch_size, tc.seed + 1, 0)]
             state = replicate(mesh, create_state(model, tc, jax.random.PRNGKey(config.flow.seed),

@@ -68,7 +68,7 @@ def test_batch_run_with_a_bad_subject_then_resume(trained, inputs, tmp_path):
         assert len(report["diagnostics"]["bpd_result"]) == len(report["slice_indices"]) > 0
         assert report["voxel_mm"] == [float(z) for z in source.header.get_zooms()[:3]]
         assert 0 <= report["brain_outside_window"] <= 0.01
-        assert report["warnings"] == []  # the tiny prior's own voxel size
+        assert report["resampling"]["resampled"] is False  # on the tiny prior's grid
         assert (out / f"{name}.png").is_file()
         assert path.read_bytes() == raw, "inputs must not be modified"
 
@@ -212,27 +212,53 @@ def test_inputs_with_the_same_name_are_refused_not_overwritten(inputs, trained, 
     out.mkdir()
     (out / "sub_harmonized.nii.gz").write_bytes(b"")
     jobs, skipped = plan_jobs(clash[:1], out)
+    assert [j.input for j in jobs] == clash[:1], "no report: the output is incomplete"
+    (out / "sub_harmonized.json").write_text('{"signature": null}')
+    jobs, skipped = plan_jobs(clash[:1], out)
     assert jobs == [] and skipped == clash[:1]
     jobs, skipped = plan_jobs(clash[:1], out, overwrite=True)
     assert [j.input for j in jobs] == clash[:1] and skipped == []
 
 
 @pytest.mark.slow  # a subprocess
-def test_other_voxel_size_is_harmonized_with_a_warning(inputs, trained, tmp_path):
-    good = inputs[0][0]
-    image = nib.load(str(good))
-    half_size = image.affine @ np.diag([0.5, 0.5, 1, 1])  # the same voxels, labelled 3 mm
-    zoomed = nib.Nifti1Image(image.get_fdata().astype(np.float32), half_size)
-    path = tmp_path / "zoomed.nii.gz"
-    nib.save(zoomed, str(path))
-    result = _harmonize(path, "--checkpoint", trained[0], "--output-dir", tmp_path / "out",
-                        "--method", "hm")
-    assert result.returncode == 0, result.stderr
-    trained_mm = "x".join(f"{z:.3g}" for z in image.header.get_zooms()[:2])
-    assert f"warning: {path}: in-plane voxel size" in result.stderr
-    assert f"prior's training volumes' {trained_mm} mm" in result.stderr
-    report = json.loads((tmp_path / "out" / "zoomed_harmonized.json").read_text())
-    assert len(report["warnings"]) == 1 and "differs by more than 20 %" in report["warnings"][0]
+def test_oblique_scan_of_other_voxel_size_is_written_on_its_own_grid(inputs, trained, tmp_path):
+    good, _, masks = inputs
+    image, mask = nib.load(str(good[0])), nib.load(str(masks[0]))
+    angle = np.deg2rad(20)
+    turn = np.array([[np.cos(angle), -np.sin(angle), 0, 0], [np.sin(angle), np.cos(angle), 0, 0],
+                     [0, 0, 1, 0], [0, 0, 0, 1]])
+    affine = turn @ image.affine @ np.diag([0.5, 0.5, 1, 1])  # half-size voxels, turned
+    path, mask_path = tmp_path / "oblique.nii.gz", tmp_path / "oblique_mask.nii.gz"
+    data = image.get_fdata().astype(np.float32)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    nib.save(nib.Nifti1Image(mask.get_fdata().astype(np.uint8), affine), str(mask_path))
+    before = path.read_bytes()
+    # Beside it, a scan with a singular affine (a zero voxel size): refused alone.
+    singular = nib.Nifti1Image(data, None)
+    singular.header.set_sform(np.diag([6.0, 0.0, 6.0, 1.0]), code=2)
+    nib.save(singular, str(tmp_path / "flat.nii.gz"))
+    nib.save(nib.Nifti1Image(mask.get_fdata().astype(np.uint8), None),
+             str(tmp_path / "flat_mask.nii.gz"))
+    result = _harmonize(path, tmp_path / "flat.nii.gz", "--checkpoint", trained[0],
+                        "--output-dir", tmp_path / "out", "--method", "hm",
+                        "--mask-dir", tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert f"{tmp_path / 'flat.nii.gz'}: the affine is singular" in result.stderr
+    assert "harmonized 1, skipped 0, failed 1" in result.stdout
+    assert not list((tmp_path / "out").glob("flat*"))
+    written = nib.load(str(tmp_path / "out" / "oblique_harmonized.nii.gz"))
+    assert written.shape == data.shape
+    np.testing.assert_array_equal(written.affine, nib.load(str(path)).affine)
+    outside = mask.get_fdata() == 0
+    np.testing.assert_array_equal(written.get_fdata()[outside], data[outside])
+    inside = ~outside
+    assert not np.allclose(written.get_fdata()[inside], data[inside])
+    report = json.loads((tmp_path / "out" / "oblique_harmonized.json").read_text())
+    resampling = report["resampling"]
+    assert resampling["resampled"] and resampling["oblique"]
+    assert resampling["grid_voxel_mm"] == trained[1].data.voxel_mm
+    assert "applied to every native brain voxel" in report["output_written_by"]
+    assert path.read_bytes() == before
 
 
 @pytest.mark.slow  # a subprocess
@@ -246,10 +272,10 @@ def test_shared_curve_is_one_per_run_and_the_same_on_resume(trained, tiny_phanto
     first = _harmonize(*args)
     assert first.returncode == 0, first.stderr
     n = len(paths)
-    assert f"fitting one intensity curve on {n} of the {n} input(s)" in first.stdout
+    assert "fitting the intensity curves of 1 site(s), all inputs one site" in first.stdout
 
     def curves():
-        return [json.loads(p.read_text())["intensity_curve"] for p in sorted(out.glob("*.json"))]
+        return [json.loads(p.read_text())["site"]["curve"] for p in sorted(out.glob("*.json"))]
 
     before = curves()
     assert len(before) == n and all(c == before[0] for c in before)
@@ -303,3 +329,28 @@ def test_harmonize_cli_runs_learned_baselines(baselines, tiny_phantom, tmp_path)
     wrong = harmonize("cyclegan", baselines["unet"][0], tmp_path / "wrong")
     assert wrong.returncode == 2 and "holds a unet baseline, not a cyclegan" in wrong.stderr
     assert not (tmp_path / "wrong").exists() or not any((tmp_path / "wrong").iterdir())
+
+
+def test_nyul_scale_is_learned_from_a_folder_of_target_scans(trained, tiny_phantom, tmp_path):
+    from bh_jax.baselines.nyul import NyulScale
+    from bh_jax.harmonize.methods import with_nyul_from
+    from bh_jax.inputs import load_prepared
+    from bh_jax.training.checkpoint import load_flow
+
+    _, manifest = tiny_phantom
+    targets = [Path(e["path"]) for e in manifest["images"]
+               if e["site"] == manifest["target_site"] and e["split"] == "train"][:3]
+    folder = tmp_path / "target"
+    folder.mkdir()
+    for path in targets:
+        (folder / path.name).write_bytes(path.read_bytes())
+    flow = load_flow(trained[0])
+    learned = with_nyul_from(flow, folder)
+    # Independently: the scale of the same volumes' in-brain voxels.
+    volumes = [load_prepared(p, flow.config.data) for p in sorted(folder.iterdir())]
+    expected = NyulScale.fit([v.slices[v.slice_masks] for v in volumes])
+    np.testing.assert_allclose(learned.reference.nyul, expected.intensities, rtol=1e-6)
+    assert not np.allclose(learned.reference.nyul, flow.reference.nyul)
+    (folder / "labels.nii.gz").write_bytes(Path(manifest["images"][0]["mask"]).read_bytes())
+    with pytest.raises(ValueError, match="labels.nii.gz: .*--nyul-from takes target-site"):
+        with_nyul_from(flow, folder)

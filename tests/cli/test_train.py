@@ -1,5 +1,6 @@
 """bh-train (train.py): one-line errors and exit codes."""
 
+import errno
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import bh_jax.training.checkpoint
 import bh_jax.training.train
 from bh_jax.cli import train as train_cli
 
@@ -33,7 +35,8 @@ def test_cli_empty_folder(tmp_path):
 @pytest.mark.slow  # a subprocess
 def test_cli_image_smaller_than_model(tmp_path):
     (tmp_path / "data").mkdir()
-    image = nib.Nifti1Image(np.ones((3, 3, 5), np.float32), np.eye(4))
+    data = np.random.default_rng(0).uniform(1.0, 2.0, (3, 3, 5)).astype(np.float32)
+    image = nib.Nifti1Image(data, np.diag([6.0, 6.0, 6.0, 1.0]))  # on the tiny prior's grid
     nib.save(image, str(tmp_path / "data" / "small.nii.gz"))
     result = _run_train("--data", tmp_path / "data", "--workdir", tmp_path / "w")
     assert result.returncode == 2
@@ -66,3 +69,86 @@ def test_cli_out_of_memory_is_one_clear_line(tmp_path, tiny_phantom, monkeypatch
     err = capsys.readouterr().err
     assert err.startswith("error: out of memory with batches of 8 slices") and err.count("\n") == 1
     assert "lower --batch-size" in err
+
+
+def test_cli_says_it_resumes_on_its_first_line(tmp_path, tiny_phantom, capsys):
+    folder, _ = tiny_phantom
+    args = ["--data", "phantom", "--data-dir", str(folder), "--preset", "tiny",
+            "--workdir", str(tmp_path / "w"), "--batch-size", "8", "--no-progress"]
+    assert train_cli.main([*args, "--steps", "2"]) == 0
+    assert not capsys.readouterr().out.startswith("resuming")
+    assert train_cli.main([*args, "--steps", "4"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"resuming from step 2 of 4 in {tmp_path / 'w'}"
+
+
+@pytest.mark.parametrize("code, reason", [(errno.EROFS, "read-only file system"),
+                                          (errno.ENOSPC, "no space left on device")])
+def test_cli_unwritable_workdir_is_one_line(tmp_path, tiny_phantom, monkeypatch, capsys,
+                                            code, reason):
+    """A read-only --workdir, or a disk that fills up while writing: one line, exit 2
+    (chmod cannot show it: the tests may run as root)."""
+    import bh_jax.io
+
+    def refused(path, *_, **__):
+        raise OSError(code, "refused", str(path))
+
+    monkeypatch.setattr(bh_jax.io, "write_json_atomic", refused)
+    monkeypatch.setattr(bh_jax.training.checkpoint, "write_json_atomic", refused)
+    folder, _ = tiny_phantom
+    status = train_cli.main(["--data", "phantom", "--data-dir", str(folder), "--preset", "tiny",
+                             "--workdir", str(tmp_path / "w"), "--steps", "2",
+                             "--batch-size", "8", "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert err == f"error: {tmp_path / 'w' / 'config.json'}: {reason}\n"
+
+
+def test_finer_target_scans_train_on_the_presets_grid(tmp_path, tiny_phantom, tiny_config,
+                                                      capsys):
+    """Target scans at 2 mm (and their masks) train the tiny preset on its 6 mm grid,
+    or on another grid with --voxel-size."""
+    from nibabel import processing
+
+    from bh_jax.training.input_pipeline import folder_slices
+
+    _, manifest = tiny_phantom
+    entries = [e for e in manifest["images"]
+               if e["site"] == manifest["target_site"] and e["split"] == "train"][:2]
+    (tmp_path / "data").mkdir(), (tmp_path / "masks").mkdir()
+    for entry in entries:
+        name = Path(entry["path"]).name
+        for key, folder, order in (("path", "data", 1), ("mask", "masks", 0)):
+            image = nib.load(entry[key])
+            image = nib.Nifti1Image(image.get_fdata().astype(np.float32), image.affine)
+            fine = processing.resample_to_output(image, voxel_sizes=(2.0, 2.0, 2.0), order=order)
+            nib.save(fine, str(tmp_path / folder / name))
+    coarse = nib.load(entries[0]["path"]).shape
+    train_set, _ = folder_slices(tmp_path / "data", tiny_config, tmp_path / "masks")
+    assert train_set.slices.shape[1:] == (tiny_config.data.height, tiny_config.data.width)
+    np.testing.assert_allclose(train_set.voxel_mm, [6.0, 6.0, 6.0])
+    assert len(train_set) <= coarse[2] + 1  # 6 mm slices, not the 2 mm ones
+    finer_grid = tiny_config.replace(data={"voxel_mm": 5.0, "height": 48, "width": 48})
+    other, _ = folder_slices(tmp_path / "data", finer_grid, tmp_path / "masks")
+    np.testing.assert_allclose(other.voxel_mm, [5.0, 5.0, 5.0])
+    assert len(other) > len(train_set)
+    assert train_cli.main(["--data", "phantom", "--workdir", str(tmp_path / "w"),
+                           "--voxel-size", "2"]) == 2
+    assert "--voxel-size is for --data FOLDER" in capsys.readouterr().err
+
+
+def test_cli_disk_full_while_checkpointing_is_one_line(tmp_path, tiny_phantom, monkeypatch,
+                                                       capsys):
+    """The disk fills up when the first checkpoint is saved: one line naming it, exit 2."""
+    def full(self, step, *_, **__):
+        raise OSError(errno.ENOSPC, "No space left on device",
+                      str(self.latest.directory / str(step)))
+
+    monkeypatch.setattr(bh_jax.training.checkpoint.StateCheckpoints, "save", full)
+    folder, _ = tiny_phantom
+    status = train_cli.main(["--data", "phantom", "--data-dir", str(folder), "--preset", "tiny",
+                             "--workdir", str(tmp_path / "w"), "--steps", "2",
+                             "--batch-size", "8", "--no-progress"])
+    err = capsys.readouterr().err
+    where = tmp_path / "w" / "latest" / "2"
+    assert status == 2 and err == f"error: {where}: no space left on device\n"

@@ -20,7 +20,9 @@ def test_sweep_grids_the_calibration_and_scores_each_curve(trained, tiny_phantom
     workdir, config, _ = trained
     flow = load_flow(workdir)
     folder, manifest = tiny_phantom
-    grid = [CalibrationConfig(steps=1, pool=8), CalibrationConfig(steps=6, pool=8)]
+    # Each volume's own curve alone (no field, noise matching or safety net).
+    alone = dict(pool=8, shared=False, noise_matched=False, field_penalty=None, fallback=False)
+    grid = [CalibrationConfig(steps=1, **alone), CalibrationConfig(steps=6, **alone)]
     rows = sweep(str(workdir), str(folder), 8, [0.0], [0.01], [0.05], [1], solver="curve",
                  calibrations=grid, sites=["exp"])
     assert [(r["calibration_steps"], r["calibration_pool"]) for r in rows] == [(1, 8), (6, 8)]
@@ -73,11 +75,11 @@ def test_calibration_grid_covers_every_combination():
     from bh_jax.cli.bench import _calibration_grid
 
     grid = _calibration_grid(Namespace(calibration_segments=[3, 5], calibration_pool=None,
-                                       calibration_steps=[10, 20], shared_curve=False))
+                                       calibration_steps=[10, 20], each_volume=False))
     assert [(c.segments, c.pool, c.steps, c.shared) for c in grid] == [
-        (3, 16, 10, False), (3, 16, 20, False), (5, 16, 10, False), (5, 16, 20, False)]
+        (3, 16, 10, True), (3, 16, 20, True), (5, 16, 10, True), (5, 16, 20, True)]
     assert _calibration_grid(Namespace(calibration_segments=None, calibration_pool=None,
-                                       calibration_steps=None, shared_curve=False)) == [None]
-    shared = _calibration_grid(Namespace(calibration_segments=None, calibration_pool=None,
-                                         calibration_steps=None, shared_curve=True))
-    assert [(c.segments, c.shared) for c in shared] == [(4, True)]
+                                       calibration_steps=None, each_volume=False)) == [None]
+    each = _calibration_grid(Namespace(calibration_segments=None, calibration_pool=None,
+                                       calibration_steps=None, each_volume=True))
+    assert [(c.segments, c.shared) for c in each] == [(4, False)]

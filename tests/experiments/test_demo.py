@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bh_jax.experiments.demo import DEMO_SITES, DEMO_SOLVER, run_demo
+from bh_jax.experiments.demo import DEMO_SITES, run_demo
 from bh_jax.experiments.evaluate import TYPICAL
 from bh_jax.harmonize import SolverConfig
 
@@ -25,7 +25,7 @@ def test_demo_writes_outputs_figure_and_table(trained, tiny_phantom, tmp_path):
     assert set(result["results"]) == set(DEMO_SITES)
     for site in DEMO_SITES:
         scores = result["results"][site]
-        assert list(scores) == ["Source", "HM", "SSIMH", "BlindHarmony", TYPICAL]
+        assert list(scores) == ["Source", "HM", "Nyul", "SSIMH", "BlindHarmony", TYPICAL]
         assert all(np.isfinite(s["psnr"]) and 0 < s["ssim"] <= 1 for s in scores.values())
     assert "| BlindHarmony |" in result["table"]
     assert len(result["outputs"]) == len(DEMO_SITES)
@@ -50,14 +50,19 @@ def test_without_demo_inputs_and_checkpoint_are_required():
     assert run.returncode == 2 and "--checkpoint and --output-dir are required" in run.stderr
 
 
-def test_demo_defaults_to_the_curve_solver_and_all_test_subjects():
+def test_demo_and_files_default_to_the_curve_solver_one_curve_per_site():
     from bh_jax.cli import harmonize
 
     args = harmonize.parse_args(["--demo"])
-    assert args.solver == DEMO_SOLVER == "curve" and args.demo_subjects is None
+    assert args.solver == "curve" and args.demo_subjects is None
     assert harmonize.parse_args(["--demo", "--solver", "latent"]).solver == "latent"
-    assert harmonize.parse_args(["a.nii.gz", "--checkpoint", "c",
-                                 "--output-dir", "o"]).solver == "latent"
+    files = harmonize.parse_args(["a.nii.gz", "--checkpoint", "c", "--output-dir", "o"])
+    assert files.solver == "curve" and files.sites == "folder"
+    settings = harmonize.solver_settings(files)
+    assert settings == SolverConfig() and settings.calibration.shared
+    assert not harmonize.solver_settings(harmonize.parse_args(
+        ["a.nii.gz", "--checkpoint", "c", "--output-dir", "o", "--sites", "each"])
+    ).calibration.shared
 
 
 def test_demo_subjects_is_checked(trained, tmp_path):

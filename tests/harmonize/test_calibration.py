@@ -16,7 +16,13 @@ from bh_jax.harmonize.calibration import (
     negative_log_likelihood,
     source_knots,
 )
-from bh_jax.harmonize.pipeline import curve_fit_status
+from bh_jax.harmonize.pipeline import (
+    SiteCurve,
+    classical,
+    curve_fit_status,
+    field_frame,
+    transformed_slices,
+)
 from bh_jax.harmonize.settings import CalibrationConfig
 
 
@@ -58,29 +64,35 @@ def test_knots_reject_empty_and_constant_brains():
     assert np.all(np.diff(source_knots(x, np.ones_like(x, bool), 4)) > 0)
 
 
-def test_log_likelihood_includes_the_curves_log_det(flow):
-    """The score equals -log p(T(x)) - log|det dT/dx| with the Jacobian from jax.jacfwd."""
+@pytest.mark.parametrize("with_field", [False, True])
+def test_log_likelihood_includes_the_maps_log_det(flow, with_field):
+    """The score equals -log p(T(x / f)) - log|det d/dx T(x / f)| with the Jacobian
+    from jax.jacfwd, for a curve T alone and after a multiplicative field f."""
     model, params = flow.model, flow.params
     rng = np.random.default_rng(1)
     sources = rng.uniform(0.1, 0.9, (2, model.height, model.width)).astype(np.float32)
     brains = np.zeros_like(sources, bool)
     brains[:, 8:24, 10:22] = True
-    knots = jnp.asarray(source_knots(sources, brains, 3), jnp.float32)
+    log_fields = (rng.uniform(-0.2, 0.2, sources.shape).astype(np.float32) if with_field
+                  else np.zeros_like(sources))
+    # Knots over the divided voxels: jnp.interp is flat outside them, the curve is not.
+    knots = jnp.asarray(source_knots(sources * np.exp(-log_fields), brains, 3), jnp.float32)
     theta = jnp.asarray(curve_parameters(np.array([0.05, 0.3, 0.45, 0.95])))
     values = curve_values(theta)
 
-    def mapped_brain(v):  # the brain voxels through the curve (an independent piecewise map)
-        return jnp.interp(v, knots, values)
-
     expected = []
-    for s, b in zip(sources, brains):
+    for s, b, f in zip(sources, brains, log_fields):
+        def mapped_brain(v, f=jnp.asarray(f[b])):  # an independent piecewise map of the voxels
+            return jnp.interp(v * jnp.exp(-f), knots, values)
+
         inside = jnp.asarray(s[b])
         _, log_det = jnp.linalg.slogdet(jax.jacfwd(mapped_brain)(inside))
         image = jnp.zeros_like(jnp.asarray(s)).at[b].set(mapped_brain(inside))
         log_p = model.log_prob(params, image[None, ..., None])[0]
         expected.append(-(log_p + log_det) / (model.latent_size * math.log(2.0)))
     got = negative_log_likelihood(model, params, theta, jnp.asarray(sources),
-                                  jnp.asarray(brains), knots)
+                                  jnp.asarray(brains), knots,
+                                  jnp.asarray(log_fields) if with_field else None)
     np.testing.assert_allclose(got, np.mean(expected), rtol=1e-5)
 
 
@@ -115,7 +127,8 @@ def test_calibrator_lowers_the_loss_and_compiles_once(flow, volumes):
 
 def test_curve_solver_returns_the_calibrated_volume(flow, volumes):
     settings = SolverConfig(solver="curve", init="calibrated",
-                            calibration=CalibrationConfig(steps=5, pool=8))
+                            calibration=CalibrationConfig(steps=5, pool=8, field_penalty=None,
+                                                          shared=False, fallback=False))
     for devices in (jax.devices()[:1], jax.devices()):
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=8, devices=devices)
         bar = _Bar()
@@ -129,17 +142,50 @@ def test_curve_solver_returns_the_calibrated_volume(flow, volumes):
         assert bar.postfixes[-1] == ""
         assert bar.slices == sum(len(v.slices) for v in batch)
         for result, volume in zip(results, batch):
-            assert result.curve is not None and result.curve.fitted
-            np.testing.assert_allclose(result.slices,
-                                       result.curve(volume.slices, volume.slice_masks), atol=1e-6)
+            assert result.exact_transform and result.notes["fitted"]
+            assert result.transform.field is None and len(result.transform.knots) == 5
+            np.testing.assert_allclose(result.slices, transformed_slices(volume, result.transform),
+                                       atol=1e-6)
             d = result.diagnostics
             np.testing.assert_allclose(d["loss_end"], d["loss_start"])
             # A monotone map keeps most of the correlation with the source.
             assert np.median(d["ncc_end"]) > 0.9 and not d["failed"].any()
 
 
+def test_a_field_is_fitted_per_volume_and_the_curve_refitted(flow, volumes):
+    """With a field: one more compiled program; each volume's field is fitted under the
+    held curve (its loss falls), a larger penalty gives smaller coefficients, and the
+    result is the refitted curve after the volume's field."""
+    config = CalibrationConfig(steps=5, pool=8, field_steps=6, field_penalty=0.0,
+                               fallback=False)
+    calibrator = Calibrator(flow.model, flow.params, config, devices=jax.devices()[:1])
+    volume = volumes[0]
+    curve, _ = calibrator.curve(volume.slices, volume.slice_masks, flow.reference)
+    basis, _, _ = field_frame(volume)
+    assert basis.shape == (len(volume.slices), 9, *volume.slices.shape[1:])
+    free, history = calibrator.field(volume.slices, volume.slice_masks, basis, curve, 0.0)
+    assert history[-1] < history[0] and np.abs(free).max() > 0
+    shrunk, _ = calibrator.field(volume.slices, volume.slice_masks, basis, curve, 100.0)
+    assert np.linalg.norm(shrunk) < np.linalg.norm(free)
+    assert calibrator.compilations == 2  # the curve fit and the field fit, once each
+
+    harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(
+        solver="curve", init="calibrated", calibration=config), batch_size=8,
+        devices=jax.devices()[:1])
+    result = harmonize_volumes(harmonizer, [volume], flow.reference)[0]
+    field = result.transform.field
+    assert field is not None and field.coefficients.shape == (9,)
+    expected = transformed_slices(volume, result.transform)
+    log_field = field.log_field(volume.world_positions())
+    corrected = volume.slices * np.exp(-log_field)
+    np.testing.assert_allclose(expected, np.where(volume.slice_masks, np.clip(np.interp(
+        corrected, result.transform.knots, result.transform.values), 0, 1), 0), atol=1e-5)
+    np.testing.assert_allclose(result.slices, expected, atol=1e-6)
+
+
 def test_shared_curve_is_one_fit_on_the_volumes_together(flow, volumes):
-    config = CalibrationConfig(steps=5, pool=8)
+    config = CalibrationConfig(steps=5, pool=8, field_penalty=None, noise_matched=False,
+                               fallback=False)
     calibrator = Calibrator(flow.model, flow.params, config, devices=jax.devices()[:1])
     shared, _ = calibrator.shared_curve([(v.slices, v.slice_masks) for v in volumes],
                                         flow.reference)
@@ -155,20 +201,43 @@ def test_shared_curve_is_one_fit_on_the_volumes_together(flow, volumes):
     with pytest.raises(ValueError, match="at least one volume"):
         calibrator.shared_curve([], flow.reference)
 
-    settings = SolverConfig(solver="curve", init="calibrated",
-                            calibration=CalibrationConfig(steps=5, pool=8, shared=True))
+    settings = SolverConfig(solver="curve", init="calibrated", calibration=config)
     harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=8,
                             devices=jax.devices()[:1])
     results = harmonize_volumes(harmonizer, volumes, flow.reference)
     for result, volume in zip(results, volumes):
-        np.testing.assert_array_equal(result.curve.values, shared.values)
+        np.testing.assert_array_equal(result.transform.values, shared.values)
         np.testing.assert_allclose(result.slices, shared(volume.slices, volume.slice_masks),
                                    atol=1e-6)
-    # A given curve is used as it is (a run's shared curve, fitted once).
+    # A given site curve is used as it is (a run's, fitted once).
     given = IntensityCurve(np.array([0.0, 1.0]), np.array([0.1, 0.9]))
-    results = harmonize_volumes(harmonizer, volumes[:1], flow.reference, curve=given)
-    assert results[0].curve is given
+    results = harmonize_volumes(harmonizer, volumes[:1], flow.reference,
+                                site=SiteCurve(given, given, {}, 1))
+    np.testing.assert_array_equal(results[0].transform.values, given.values)
     assert harmonizer.calibrator.compilations == 1
+
+
+def test_safety_net_falls_back_to_nyul_where_the_prior_prefers_it(flow, volumes):
+    """A flattened site curve explains a volume worse than Nyul's map: the volume gets
+    Nyul's map and the notes say why; its own fitted curve is kept, with both scores."""
+    config = CalibrationConfig(steps=5, pool=8, field_penalty=None)
+    harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(calibration=config),
+                            batch_size=8, devices=jax.devices()[:1])
+    volume = volumes[0]
+    flat = IntensityCurve(np.array([0.0, 1.0]), np.array([0.50, 0.501]))
+    fell = harmonize_volumes(harmonizer, [volume], flow.reference,
+                             site=SiteCurve(flat, flat, {}, 1))[0]
+    assert fell.transform.kind == "nyul" and fell.notes["fallback"].startswith("nyul: ")
+    scores = fell.notes["bits_per_dim"]
+    assert scores["nyul"] < scores["transform"]
+    np.testing.assert_allclose(fell.slices, classical("nyul", volume, flow.reference).slices,
+                               atol=1e-5)
+    # The volume's own fit: kept exactly when the prior scores it at least as high.
+    own = harmonize_volumes(harmonizer, [volume], flow.reference)[0]
+    scores = own.notes["bits_per_dim"]
+    assert ("fallback" in own.notes) == (scores["nyul"] < scores["transform"])
+    assert own.transform.kind == ("nyul" if "fallback" in own.notes else "curve")
+    assert harmonizer.calibrator.compilations == 1  # scoring compiles no fit
 
 
 def _calibrators(flow, config):
@@ -216,7 +285,7 @@ def test_cli_settings_keep_the_calibration_config():
     settings = harmonize.solver_settings(args)
     assert settings.init == "calibrated" and isinstance(settings.calibration, CalibrationConfig)
     args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
-                                 "--init", "calibrated", "--steps", "3"])
+                                 "--solver", "latent", "--init", "calibrated", "--steps", "3"])
     settings = harmonize.solver_settings(args)
     assert (settings.solver, settings.init, settings.steps) == ("latent", "calibrated", 3)
     args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
@@ -226,16 +295,20 @@ def test_cli_settings_keep_the_calibration_config():
     assert (calibration.steps, calibration.pool) == (40, 8)
     assert calibration.segments == CalibrationConfig().segments
     args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
-                                 "--calibration-steps", "40"])  # latent starts from HM
+                                 "--solver", "latent", "--calibration-steps", "40"])
+    # (latent starts from HM)
     with pytest.raises(ValueError, match="init 'calibrated' only, not 'hm'"):
         harmonize.solver_settings(args)
-    args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
-                                 "--solver", "curve", "--shared-curve"])
-    assert harmonize.solver_settings(args).calibration.shared
-    args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
-                                 "--shared-curve"])
-    with pytest.raises(ValueError, match="init 'calibrated' only, not 'hm'"):
-        harmonize.solver_settings(args)
+    # One curve per site unless --sites each (a run groups the sites, the settings say
+    # whether the volumes harmonized together share one).
+    for flags, shared in ((["--sites", "each"], False), ([], True), (["--sites", "one"], True),
+                          (["--shared-curve"], True)):
+        args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
+                                     "--solver", "curve", *flags])
+        assert harmonize.solver_settings(args).calibration.shared == shared, flags
+    with pytest.raises(SystemExit):
+        harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
+                              "--sites", "nowhere.tsv"])
     # The demo: one curve per site unless another solver is asked for.
     assert harmonize.solver_settings(harmonize.parse_args(["--demo"])).calibration.shared
 

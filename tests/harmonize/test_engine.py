@@ -9,7 +9,8 @@ from bh_jax.harmonize import Harmonizer, SolverConfig, Weights, harmonize_volume
 
 def test_second_subject_does_not_recompile(flow, volumes):
     assert len(volumes) >= 2
-    harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(steps=3), batch_size=8,
+    harmonizer = Harmonizer(flow.model, flow.params,
+                            SolverConfig(solver="latent", init="hm", steps=3), batch_size=8,
                             devices=jax.devices()[:1])
     first = harmonize_volumes(harmonizer, volumes[:1], flow.reference)[0]
     assert harmonizer.compilations == 1
@@ -35,7 +36,7 @@ def test_memory_plan_grows_with_the_batch(flow, volumes):
     from bh_jax.flows.model import count_params
 
     plans = []
-    settings = SolverConfig(solver="alternating", steps=1)  # the quickest to compile
+    settings = SolverConfig(solver="alternating", init="hm", steps=1)  # the quickest to compile
     for batch_size in (1, 4):
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=batch_size,
                                 devices=jax.devices()[:1])
@@ -55,7 +56,7 @@ def test_sharded_over_8_devices_equals_1_device(flow, volumes, solver):
     objective at the end. (Not the same images: per-device batches of 1 instead
     of 8 compile to differently fused float32 code, and Adam's normalised steps
     turn such rounding into different paths, differently on every processor.)"""
-    settings = SolverConfig(solver=solver, steps=3, learning_rate=0.05)
+    settings = SolverConfig(solver=solver, init="hm", steps=3, learning_rate=0.05)
     outputs = []
     for devices in (jax.devices()[:1], jax.devices()):
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=8,
@@ -69,7 +70,8 @@ def test_sharded_over_8_devices_equals_1_device(flow, volumes, solver):
 
 
 def test_latent_solver_lowers_its_objective(flow, volumes):
-    harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(steps=15), batch_size=8,
+    harmonizer = Harmonizer(flow.model, flow.params,
+                            SolverConfig(solver="latent", init="hm", steps=15), batch_size=8,
                             devices=jax.devices()[:1])
     result = harmonize_volumes(harmonizer, volumes[:1], flow.reference)[0]
     d = result.diagnostics
@@ -97,7 +99,7 @@ def test_image_solver_lowers_its_objective_under_the_exact_prior(flow, volumes):
 
 def test_rejects_batch_not_divisible_by_devices(flow):
     with pytest.raises(ValueError, match="multiple of the number of devices"):
-        Harmonizer(flow.model, flow.params, SolverConfig(), batch_size=6)
+        Harmonizer(flow.model, flow.params, SolverConfig(solver="latent"), batch_size=6)
 
 
 def test_vmapped_solver_on_random_weights_does_not_crash(tmp_path):
@@ -115,7 +117,8 @@ def test_vmapped_solver_on_random_weights_does_not_crash(tmp_path):
         "x = jax.random.uniform(jax.random.PRNGKey(0), (8, 32, 32, 1))\n"
         "params = jax.jit(model.init)(jax.random.PRNGKey(1), x)\n"
         "images = np.asarray(x[..., 0])\n"
-        "h = bh_jax.Harmonizer(model, params, bh_jax.SolverConfig(steps=1), batch_size=8)\n"
+        "h = bh_jax.Harmonizer(model, params, bh_jax.SolverConfig(\n"
+        "    solver='latent', init='hm', steps=1), batch_size=8)\n"
         "out, _ = h.harmonize_slices(images, np.ones_like(images, bool), images)\n"
         "print('finite', bool(np.isfinite(out).all()))\n")
     env = {k: v for k, v in __import__("os").environ.items() if k != "XLA_FLAGS"}

@@ -77,3 +77,18 @@ def test_check_resume_refuses_a_file_as_workdir(tmp_path, tiny_config):
     with pytest.raises(CheckpointError, match=f"^{not_a_folder}: exists and is not a folder"):
         check_resume(not_a_folder, tiny_config)
     check_resume(tmp_path / "new", tiny_config)  # absent: a fresh run
+
+
+def test_resumed_history_follows_the_checkpoint(tmp_path, tiny_config, tiny_slices):
+    """A kill after metrics.json but before its checkpoint committed: the resumed
+    history has each step once."""
+    import shutil
+
+    config = tiny_config.replace(train={"steps": 9, "eval_every": 3, "batch_size": 8})
+    one = jax.devices()[:1]
+    workdir = tmp_path / "w"
+    train(config, workdir, *tiny_slices, progress=False, stop_at=6, devices=one)
+    for manager in ("latest", "best"):  # step 6's checkpoint never committed
+        shutil.rmtree(workdir / manager / "6", ignore_errors=True)
+    metrics = train(config, workdir, *tiny_slices, progress=False, devices=one)
+    assert [h["step"] for h in metrics["history"]] == [0, 3, 6, 9]

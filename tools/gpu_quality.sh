@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The default method against Nyul, HM and the rest on the demo data, in one
+# prepared device call (issue 27): the TEST subjects' tables with the held-out
+# intensity maps (Table 4), then the same on the VALIDATION subjects (reusing the
+# baselines trained by the first stage). On a CPU the same commands take hours.
+#
+#     bash tools/gpu_wheels.sh                        # here, once (22 MB into .whl/)
+#     device run: command "bash tools/gpu_quality.sh", carry [".whl"], timeout_s 560
+#
+# Everything goes to $OUT (the device tool's; out/gpu_quality elsewhere):
+# gpu_quality.log and each stage's quality.{md,json}. Stage limits sum to 520 s.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out/gpu_quality}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_quality.log") 2>&1
+WORK=${WORK:-/tmp/bh_gpu_quality}
+CHECKPOINT=${CHECKPOINT:-bh_jax/pretrained/demo}
+
+if [ -d .whl ]; then  # the device's image lacks these (tools/gpu_wheels.sh)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20
+export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0"
+
+stage() {  # stage SECONDS COMMAND...: run with a limit, report the time and exit status
+    local limit=$1 start=$SECONDS
+    shift
+    echo "=== [$(date +%T)] $* (limit ${limit} s)"
+    timeout --signal=INT --kill-after=10 "$limit" "$@"
+    echo "=== rc $? after $((SECONDS - start)) s"
+}
+
+keep() {  # keep STAGE: its tables back under $OUT
+    for f in quality.md quality.json; do
+        cp "$WORK/$1/$f" "$OUT/$1-$f" 2>/dev/null
+    done
+}
+
+stage 30 python3 -c "import jax, bh_jax; print(jax.__version__, jax.devices())"
+stage 360 python3 -m bh_jax.bench quality --checkpoint "$CHECKPOINT" --data-dir "$WORK/data" \
+    --out "$WORK/test" --batch-size 64 --heldout-maps
+keep test
+base="$WORK/test/baselines"
+stage 130 python3 -m bh_jax.bench quality --checkpoint "$CHECKPOINT" --data-dir "$WORK/data" \
+    --out "$WORK/val" --batch-size 64 --split val --unet "$base/unet-exp" \
+    --cyclegan "$base/cyclegan-exp" --segmenter "$base/segmenter"
+keep val
+echo "=== done after $SECONDS s"
