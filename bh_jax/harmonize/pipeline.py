@@ -162,21 +162,22 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
     notes["fitted"] = site.final.fitted
     transform = IntensityTransform(site.final.knots, site.final.values, field=field,
                                    kind="curve")
-    if not config.fallback:
-        return transform, notes
-    return safety_net(calibrator, prepared, slices, transform, reference, notes)
+    return safety_net(calibrator, prepared, slices, transform, reference, notes,
+                      config.fallback)
 
 
 def safety_net(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndarray,
-               transform: IntensityTransform, reference: TargetReference, notes: dict
-               ) -> tuple[IntensityTransform, dict]:
-    """`transform`, or Nyul's map of the volume where the prior finds that more likely.
+               transform: IntensityTransform, reference: TargetReference, notes: dict,
+               fallback: bool) -> tuple[IntensityTransform, dict]:
+    """Flags (or, with `fallback`, replaces by Nyul's map) a transform that the prior
+    scores below Nyul's map of the same volume, or whose fit did not converge.
 
-    Both are scored by the same change-of-variables likelihood of the volume's
-    (fit) `slices`, in bits/dim: a curve that did not converge, or that explains
-    the volume worse than the classical map does, is replaced by the classical map,
-    and `notes` say so ("fallback"). Without a Nyul scale (an older prior), the
-    transform is kept and only its own score is noted."""
+    Both are scored by the same change-of-variables likelihood of the volume's (fit)
+    `slices`, in bits/dim, recorded in `notes`; a flag goes to notes["flag"], a
+    replacement to notes["fallback"]. Replacing is off by default: a volume's own
+    map (Nyul's) normalises the subject onto the population, which the prior scores
+    higher even where the site's curve is far closer to the truth (docs/methods.md).
+    Without a Nyul scale (an older prior), only the transform's score is noted."""
     masks = prepared.slice_masks
     log_fields = log_field_of(prepared, transform.field)
     ours, _ = calibrator.likelihood(curve_parameters(transform.values), slices, masks,
@@ -193,6 +194,9 @@ def safety_net(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndar
               else f"the prior scores Nyul's map higher ({theirs:.4f} < {ours:.4f} bits/dim)"
               if theirs < ours else None)
     if reason is None:
+        return transform, notes
+    if not fallback:
+        notes["flag"] = reason
         return transform, notes
     notes["fallback"] = f"nyul: {reason}"
     return nyul, notes

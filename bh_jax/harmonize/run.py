@@ -384,6 +384,9 @@ def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
                 if result.notes.get("fallback"):
                     tqdm.write(f"note: {job.input}: fell back to {result.notes['fallback']}",
                                file=sys.stderr)
+                elif result.notes.get("flag"):
+                    tqdm.write(f"note: {job.input}: flagged: {result.notes['flag']}",
+                               file=sys.stderr)
                 bar.set_postfix(subjects=f"{done}/{len(jobs)}")
     bar.total = bar.n  # the estimate counted subjects that then failed to load
     bar.close()

@@ -56,9 +56,11 @@ class CalibrationConfig:
         on the corrected volumes), with this L2 penalty on its coefficients;
         None: no field.
       field_steps: L-BFGS iterations of a field fit.
-      fallback: a safety net: where the flow scores Nyul's map of a volume as
-        more likely than the fitted transform (or the fit did not converge), use
-        Nyul's map and say so in the report (`pipeline.safety_net`).
+      fallback: where the flow scores Nyul's map of a volume as more likely than
+        the fitted transform (or the fit did not converge), use Nyul's map instead
+        of only flagging the volume in its report (`pipeline.safety_net`). Off: on
+        the test subjects it replaced the site's curve on every intensity shift
+        (30.6 dB instead of the curve's 35-42, docs/methods.md).
     """
 
     # Chosen on the validation subjects (docs/methods.md).
@@ -69,7 +71,7 @@ class CalibrationConfig:
     noise_matched: bool = True
     field_penalty: float | None = 1.0
     field_steps: int = 20
-    fallback: bool = True
+    fallback: bool = False
 
     def __post_init__(self):
         for name in ("segments", "steps", "pool", "field_steps"):

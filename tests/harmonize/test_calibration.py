@@ -1,6 +1,7 @@
 """Intensity calibration: the change-of-variables likelihood, the curve fit, one compile."""
 
 import math
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -220,13 +221,20 @@ def test_shared_curve_is_one_fit_on_the_volumes_together(flow, volumes):
 def test_safety_net_falls_back_to_nyul_where_the_prior_prefers_it(flow, volumes):
     """A flattened site curve explains a volume worse than Nyul's map: the volume gets
     Nyul's map and the notes say why; its own fitted curve is kept, with both scores."""
-    config = CalibrationConfig(steps=5, pool=8, field_penalty=None)
+    config = CalibrationConfig(steps=5, pool=8, field_penalty=None, fallback=True)
     harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(calibration=config),
                             batch_size=8, devices=jax.devices()[:1])
     volume = volumes[0]
     flat = IntensityCurve(np.array([0.0, 1.0]), np.array([0.50, 0.501]))
-    fell = harmonize_volumes(harmonizer, [volume], flow.reference,
-                             site=SiteCurve(flat, flat, {}, 1))[0]
+    site = SiteCurve(flat, flat, {}, 1)
+    # The default only flags it: the site's curve is kept.
+    flagging = Harmonizer(flow.model, flow.params,
+                          SolverConfig(calibration=replace(config, fallback=False)),
+                          batch_size=8, devices=jax.devices()[:1])
+    flagged = harmonize_volumes(flagging, [volume], flow.reference, site=site)[0]
+    assert flagged.transform.kind == "curve" and "fallback" not in flagged.notes
+    assert flagged.notes["flag"].startswith("the prior scores Nyul's map higher")
+    fell = harmonize_volumes(harmonizer, [volume], flow.reference, site=site)[0]
     assert fell.transform.kind == "nyul" and fell.notes["fallback"].startswith("nyul: ")
     scores = fell.notes["bits_per_dim"]
     assert scores["nyul"] < scores["transform"]
