@@ -1,7 +1,6 @@
 """Intensity calibration: the change-of-variables likelihood, the curve fit, one compile."""
 
 import math
-from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +21,11 @@ from bh_jax.harmonize.pipeline import (
     classical,
     curve_fit_status,
     field_frame,
+    safety_net,
     transformed_slices,
 )
 from bh_jax.harmonize.settings import CalibrationConfig
+from bh_jax.harmonize.transform import IntensityTransform
 
 
 class _Bar:
@@ -228,12 +229,11 @@ def test_safety_net_falls_back_to_nyul_where_the_prior_prefers_it(flow, volumes)
     flat = IntensityCurve(np.array([0.0, 1.0]), np.array([0.50, 0.501]))
     site = SiteCurve(flat, flat, {}, 1)
     # The default only flags it: the site's curve is kept.
-    flagging = Harmonizer(flow.model, flow.params,
-                          SolverConfig(calibration=replace(config, fallback=False)),
-                          batch_size=8, devices=jax.devices()[:1])
-    flagged = harmonize_volumes(flagging, [volume], flow.reference, site=site)[0]
-    assert flagged.transform.kind == "curve" and "fallback" not in flagged.notes
-    assert flagged.notes["flag"].startswith("the prior scores Nyul's map higher")
+    flat_transform = IntensityTransform(flat.knots, flat.values)
+    kept, notes = safety_net(harmonizer.calibrator, volume, volume.slices, flat_transform,
+                             flow.reference, {}, fallback=False)
+    assert kept is flat_transform and "fallback" not in notes
+    assert notes["flag"].startswith("the prior scores Nyul's map higher")
     fell = harmonize_volumes(harmonizer, [volume], flow.reference, site=site)[0]
     assert fell.transform.kind == "nyul" and fell.notes["fallback"].startswith("nyul: ")
     scores = fell.notes["bits_per_dim"]
