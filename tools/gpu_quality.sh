@@ -18,22 +18,8 @@ exec > >(tee -a "$OUT/gpu_quality.log") 2>&1
 WORK=${WORK:-/tmp/bh_gpu_quality}
 CHECKPOINT=${CHECKPOINT:-bh_jax/pretrained/demo}
 
-if [ -d .whl ]; then  # the device's image lacks these (tools/gpu_wheels.sh)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20
-export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0"
-
-stage() {  # stage SECONDS COMMAND...: run with a limit, report the time and exit status
-    local limit=$1 start=$SECONDS
-    shift
-    echo "=== [$(date +%T)] $* (limit ${limit} s)"
-    timeout --signal=INT --kill-after=10 "$limit" "$@"
-    echo "=== rc $? after $((SECONDS - start)) s"
-}
+export TQDM_MININTERVAL=20
+source tools/gpu_common.sh
 
 keep() {  # keep STAGE: its tables back under $OUT
     for f in quality.md quality.json; do

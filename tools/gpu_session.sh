@@ -23,23 +23,7 @@ BENCH_PRESET=${BENCH_PRESET:-demo}
 BIG_PRESET=${BIG_PRESET:-reference}
 WORK=${WORK:-/tmp/bh_gpu_session}      # checkpoints and data: too many files for $OUT
 
-if [ -d .whl ]; then  # the device's image lacks these (tools/gpu_wheels.sh)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10  # a bar line every 10 s in the log
-# Autotuning made every compile outlast the H100 run's limits (tools/README.md).
-export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0"
-
-stage() {  # stage SECONDS COMMAND...: run with a limit, report the time and exit status
-    local limit=$1 start=$SECONDS
-    shift
-    echo "=== [$(date +%T)] $* (limit ${limit} s)"
-    timeout --signal=INT --kill-after=10 "$limit" "$@"
-    echo "=== rc $? after $((SECONDS - start)) s"
-}
+source tools/gpu_common.sh
 
 stage 30 python3 -c "import jax, bh_jax; print(jax.__version__, jax.devices())"
 if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total --format=csv; fi
