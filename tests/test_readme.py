@@ -26,8 +26,13 @@ def test_python_api_block_runs(trained, tiny_phantom, tmp_path, monkeypatch):
     entry = next(e for e in manifest["images"] if e["split"] == "test" and e["site"] == "exp")
     (tmp_path / "scan.nii.gz").write_bytes(Path(entry["path"]).read_bytes())
     monkeypatch.chdir(tmp_path)
-    # The block loads the shipped `demo` prior; the tiny one keeps the test quick.
+    # The block loads the shipped `demo` prior; the tiny one keeps the test quick, and
+    # so does the default site curve with two optimiser steps and no field (the
+    # command-line tests fit fields).
     monkeypatch.setattr(bh_jax.pretrained, "path", lambda name="demo": workdir)
+    quick = bh_jax.CalibrationConfig(steps=2, pool=8, field_penalty=None)
+    monkeypatch.setattr(bh_jax, "SolverConfig",
+                        lambda: bh_jax.harmonize.SolverConfig(calibration=quick))
     names: dict = {}
     exec(compile(readme_code("Python API"), "README.md (Python API)", "exec"), names)
 

@@ -51,7 +51,7 @@ def _psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 def setting(trained, tiny_phantom):
     """(prior, harmonizer, the first exp test subject's entry)."""
     flow = load_flow(trained[0])
-    settings = SolverConfig(calibration=CalibrationConfig(steps=8, pool=8, field_steps=5))
+    settings = SolverConfig(calibration=CalibrationConfig(steps=2, pool=8, field_steps=2))
     harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=8,
                             devices=jax.devices()[:1])
     entry = next(e for e in tiny_phantom[1]["images"]

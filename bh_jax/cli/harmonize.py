@@ -25,6 +25,7 @@ from bh_jax.cli.common import (
     Parser,
     fail,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
     run,
@@ -99,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration-pool", type=positive_int,
                         help="init 'calibrated': slices per volume the curve is fitted on "
                              f"(default {calibration.pool}; a multiple of the device count)")
+    parser.add_argument("--field-steps", type=non_negative_int,
+                        help="init 'calibrated': L-BFGS steps of each scan's smooth bias-field "
+                             f"fit (default {calibration.field_steps}; 0: no field, e.g. for "
+                             "scans already bias-corrected)")
     parser.add_argument("--sites", default="folder",
                         help="which inputs share an intensity curve (one per site, fitted on "
                              "up to 32 of its inputs): 'folder' (the inputs of each folder), "
@@ -153,6 +158,10 @@ def solver_settings(args: argparse.Namespace):
                          for k, v in asdict(base.weights).items()})
     given = {k: getattr(args, f"calibration_{k}") for k in ("steps", "pool")
              if getattr(args, f"calibration_{k}") is not None}
+    if args.field_steps == 0:
+        given["field_penalty"] = None
+    elif args.field_steps is not None:
+        given["field_steps"] = args.field_steps
     if base.init == "calibrated" or args.init == "calibrated":
         given["shared"] = args.sites != "each"
     return default_settings(args.solver, weights=weights, steps=args.steps,

@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override any preset setting, e.g. --set flow.hidden=64 "
                              "(repeatable; bh_jax/config.py lists them)")
+    parser.add_argument("--time-limit", type=positive_float, metavar="MINUTES",
+                        help="stop with a checkpoint after this long; the same command "
+                             "resumes (the learning-rate schedule stays that of --steps)")
     parser.add_argument("--seed", type=int, help="batch and noise seed (default: the preset's, 0)")
     parser.add_argument("--distributed", action="store_true",
                         help="call jax.distributed.initialize() first (multi-host)")
@@ -117,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
               f"({len(val_set)} validation), {config.data.height}x{config.data.width}, "
               f"{jax.device_count()} {jax.devices()[0].platform} device(s) -> {args.workdir}")
         metrics = train(config, args.workdir, train_set, val_set,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress,
+                        time_limit_s=None if args.time_limit is None else 60 * args.time_limit)
+        if metrics["step"] < config.train.steps:
+            print(f"stopped at step {metrics['step']} of {config.train.steps} after the "
+                  f"{args.time_limit:g}-minute limit; run the same command to continue")
         best = metrics["best_val_bpd"]
         print(f"step {metrics['step']}: best validation {best:.4f} bits/dim at step "
               f"{metrics['best_step']}; samples in {Path(args.workdir) / 'samples.png'}")

@@ -181,7 +181,8 @@ def quality(checkpoint: str, data_dir: str | None, out: str, batch: int, quick: 
     settings = default_settings(solver, init=init, calibration=CalibrationConfig(shared=False)
                                 if each_volume else None)
     if quick:
-        settings = replace(settings, steps=QUICK["solver_steps"])
+        settings = replace(settings, steps=QUICK["solver_steps"], calibration=replace(
+            settings.calibration, **QUICK["calibration"]))
         baseline_steps = QUICK["baseline_steps"]
         slice_stride = max(slice_stride, QUICK["slice_stride"])
     result = reproduce_tables(flow, manifest, out, settings, batch, baseline_steps=baseline_steps,

@@ -41,7 +41,9 @@ from bh_jax.io import atomic_path, write_json_atomic
 
 SHIFTS = ("exp", "log", "gamma0.7", "gamma1.5")
 SCANNERS = ("siteA", "siteB", "siteC", "siteD")
-QUICK = {"baseline_steps": 20, "solver_steps": 2, "slice_stride": 4}
+# --quick: the test suite's runs (a handful of optimiser steps, every 4th slice).
+QUICK = {"baseline_steps": 20, "solver_steps": 2, "slice_stride": 4,
+         "calibration": {"steps": 2, "pool": 8, "field_steps": 2}}
 
 
 def baseline_folder(out: Path, kind: str, given: str | None, source: str, data, manifest,

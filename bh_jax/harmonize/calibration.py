@@ -178,6 +178,7 @@ class Calibrator:
 
         self._fit_curve = jax.jit(fit_curve)
         self._fit_field = jax.jit(fit_field)
+        self._value = jax.jit(nll)  # scoring: no backward pass to compile
         self._value_and_grad = jax.jit(jax.value_and_grad(nll, argnums=1))
 
     def _placed(self, slices: np.ndarray, masks: np.ndarray, knots: np.ndarray,
@@ -191,17 +192,18 @@ class Calibrator:
                 *(shard_batch(self.mesh, np.asarray(a, np.float32)[pool]) for a in per_slice))
 
     def likelihood(self, theta: np.ndarray, slices: np.ndarray, masks: np.ndarray,
-                   knots: np.ndarray, log_fields: np.ndarray | None = None
-                   ) -> tuple[float, np.ndarray]:
-        """(-log p_source in bits/dim, its gradient [S + 1]) at curve parameters
-        `theta` (after dividing by exp(log_fields) [N, H, W], if given), over the
-        same pool of `slices` and with the same placement on the devices as the
-        fit uses. One compile per number of knots."""
+                   knots: np.ndarray, log_fields: np.ndarray | None = None,
+                   gradient: bool = False) -> float | tuple[float, np.ndarray]:
+        """-log p_source in bits/dim (with `gradient`, also its gradient [S + 1]) at
+        curve parameters `theta` (after dividing by exp(log_fields) [N, H, W], if
+        given), over the same pool of `slices` and with the same placement on the
+        devices as the fit uses. One compile per number of knots."""
         fields = np.zeros_like(slices, np.float32) if log_fields is None else log_fields
-        sources, brains, knots, fields = self._placed(slices, masks, knots, fields)
-        value, grad = self._value_and_grad(
-            self.params, replicate(self.mesh, jnp.asarray(theta, jnp.float32)), sources,
-            brains, knots, fields)
+        placed = self._placed(slices, masks, knots, fields)
+        theta = replicate(self.mesh, jnp.asarray(theta, jnp.float32))
+        if not gradient:
+            return float(self._value(self.params, theta, *placed))
+        value, grad = self._value_and_grad(self.params, theta, *placed)
         return float(value), np.asarray(grad)
 
     def curve(self, slices: np.ndarray, masks: np.ndarray, reference: TargetReference,

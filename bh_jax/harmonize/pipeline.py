@@ -180,14 +180,14 @@ def safety_net(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndar
     Without a Nyul scale (an older prior), only the transform's score is noted."""
     masks = prepared.slice_masks
     log_fields = log_field_of(prepared, transform.field)
-    ours, _ = calibrator.likelihood(curve_parameters(transform.values), slices, masks,
-                                    transform.knots, log_fields)
+    ours = calibrator.likelihood(curve_parameters(transform.values), slices, masks,
+                                 transform.knots, log_fields)
     notes["bits_per_dim"] = {"transform": ours}
     try:
         nyul = nyul_transform(prepared, reference)
     except ValueError:  # no Nyul scale
         return transform, notes
-    theirs, _ = calibrator.likelihood(curve_parameters(nyul.values), slices, masks, nyul.knots)
+    theirs = calibrator.likelihood(curve_parameters(nyul.values), slices, masks, nyul.knots)
     notes["bits_per_dim"]["nyul"] = theirs
     reason = ("the intensity curve fit did not converge" if not notes.get("fitted", True)
               else "its score is not finite" if not np.isfinite(ours)

@@ -77,7 +77,7 @@ def save_samples_png(model: FlowModel, params: dict, path: Path, seed: int = 0,
 
 def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: SliceSet,
           progress: bool = True, stop_at: int | None = None,
-          devices: list | None = None) -> dict:
+          devices: list | None = None, time_limit_s: float | None = None) -> dict:
     """Trains (or resumes training) the flow prior in `workdir`.
 
     Args:
@@ -87,6 +87,9 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
       train_set, val_set: target-site slices.
       progress: show a progress bar.
       stop_at: stop (and checkpoint) after this step, as if interrupted.
+      time_limit_s: stop (and checkpoint) after the first step that ends this many
+        seconds after the loop started; the same call resumes. The learning-rate
+        schedule stays the one of `config.train.steps`.
       devices: devices to shard batches over (default: all).
     Returns:
       The metrics written to workdir/metrics.json.
@@ -135,11 +138,14 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
                             "val_bpd": evaluate(eval_step, state["params"], val_set,
                                                 tc.batch_size, mesh)})
         tick, window_start = time.perf_counter(), start
+        deadline = math.inf if time_limit_s is None else tick + time_limit_s
         for step in range(start, end):
             index = batch_indices(len(train_set), tc.batch_size, tc.seed, step)
             batch = shard_batch(mesh, train_set.slices[index][..., None])
             state, bpd = train_step(state, batch, key)
             done = step + 1
+            if time.perf_counter() >= deadline:
+                end = done
             if done % tc.eval_every == 0 or done == end:
                 bpd = float(bpd)
                 if not math.isfinite(bpd):
@@ -154,6 +160,8 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
                 tick, window_start = time.perf_counter(), done
                 bar.set_postfix(bpd=f"{bpd:.3f}", val=f"{val_bpd:.3f}", img_s=f"{rate:.0f}")
             bar.update(1)
+            if done == end:
+                break
         bar.close()
         contrast = None
         if done_training := int(state["step"]) >= tc.steps:

@@ -44,9 +44,10 @@ def test_batch_run_with_a_bad_subject_then_resume(trained, inputs, tmp_path):
     good, bad, masks = inputs
     before = [p.read_bytes() for p in good]
     out = tmp_path / "out"
-    first = _harmonize(*good, bad, "--checkpoint", workdir, "--output-dir", out,
-                       "--steps", "2", "--batch-size", "8", "--qc-png",
-                       "--mask-dir", good[0].parent / "masks")
+    quick = ["--calibration-steps", "2", "--calibration-pool", "8", "--field-steps", "2",
+             "--batch-size", "8"]
+    first = _harmonize(*good, bad, "--checkpoint", workdir, "--output-dir", out, *quick,
+                       "--qc-png", "--mask-dir", good[0].parent / "masks")
     assert first.returncode == 1, first.stderr
     assert f"{bad}: truncated or corrupt" in first.stderr
     assert "harmonized 2, skipped 0, failed 1" in first.stdout
@@ -73,8 +74,7 @@ def test_batch_run_with_a_bad_subject_then_resume(trained, inputs, tmp_path):
         assert path.read_bytes() == raw, "inputs must not be modified"
 
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
-    second = _harmonize(*good, "--checkpoint", workdir, "--output-dir", out, "--steps", "2",
-                        "--batch-size", "8")
+    second = _harmonize(*good, "--checkpoint", workdir, "--output-dir", out, *quick)
     assert second.returncode == 0, second.stderr
     assert "0 to harmonize, 2 already done" in second.stdout
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
@@ -163,6 +163,20 @@ def test_cli_choices_match_the_library():
     assert tuple(choices["init"]) == INITS
 
 
+
+def test_field_steps_option_sets_or_removes_the_field():
+    from bh_jax.cli import harmonize as cli
+    from bh_jax.harmonize.settings import CalibrationConfig
+
+    def calibration(*options):
+        args = cli.parse_args(["a.nii.gz", "--checkpoint", "c", "--output-dir", "o", *options])
+        return cli.solver_settings(args).calibration
+
+    assert calibration() == CalibrationConfig()
+    assert calibration("--field-steps", "3").field_steps == 3
+    assert calibration("--field-steps", "0").field_penalty is None
+    assert calibration("--field-steps", "3", "--calibration-steps", "2").steps == 2
+
 def _raise(message):
     import jax
 
@@ -179,8 +193,9 @@ def test_out_of_memory_is_one_clear_line(trained, inputs, tmp_path, monkeypatch,
     from bh_jax.cli import harmonize
     from bh_jax.harmonize import run
 
+    # HM: no site curve to fit before the jobs run.
     args = [str(inputs[0][0]), "--checkpoint", str(trained[0]), "--output-dir",
-            str(tmp_path / "out"), "--batch-size", "8", "--no-progress"]
+            str(tmp_path / "out"), "--batch-size", "8", "--no-progress", "--method", "hm"]
     monkeypatch.setattr(run, "run_jobs", _raise(
         "RESOURCE_EXHAUSTED: Out of memory allocating 288046326656 bytes."))
     assert harmonize.main(args) == 2
@@ -264,11 +279,11 @@ def test_oblique_scan_of_other_voxel_size_is_written_on_its_own_grid(inputs, tra
 @pytest.mark.slow  # a subprocess
 def test_shared_curve_is_one_per_run_and_the_same_on_resume(trained, tiny_phantom, tmp_path):
     _, manifest = tiny_phantom
-    paths = [Path(e["path"]) for e in manifest["images"] if e["site"] == "exp"]
+    paths = [Path(e["path"]) for e in manifest["images"] if e["site"] == "exp"][:3]
     out = tmp_path / "out"
     args = [*paths, "--checkpoint", trained[0], "--output-dir", out, "--solver", "curve",
             "--shared-curve", "--calibration-steps", "2", "--calibration-pool", "8",
-            "--batch-size", "8"]
+            "--field-steps", "2", "--batch-size", "8"]
     first = _harmonize(*args)
     assert first.returncode == 0, first.stderr
     n = len(paths)

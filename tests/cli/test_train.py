@@ -71,15 +71,20 @@ def test_cli_out_of_memory_is_one_clear_line(tmp_path, tiny_phantom, monkeypatch
     assert "lower --batch-size" in err
 
 
-def test_cli_says_it_resumes_on_its_first_line(tmp_path, tiny_phantom, capsys):
+def test_cli_stops_at_its_time_limit_and_says_it_resumes_on_its_first_line(
+        tmp_path, tiny_phantom, capsys):
     folder, _ = tiny_phantom
     args = ["--data", "phantom", "--data-dir", str(folder), "--preset", "tiny",
-            "--workdir", str(tmp_path / "w"), "--batch-size", "8", "--no-progress"]
-    assert train_cli.main([*args, "--steps", "2"]) == 0
-    assert not capsys.readouterr().out.startswith("resuming")
-    assert train_cli.main([*args, "--steps", "4"]) == 0
-    first = capsys.readouterr().out.splitlines()[0]
-    assert first == f"resuming from step 2 of 4 in {tmp_path / 'w'}"
+            "--workdir", str(tmp_path / "w"), "--batch-size", "8", "--no-progress",
+            "--steps", "3"]
+    assert train_cli.main([*args, "--time-limit", "1e-6"]) == 0  # one step, then stop
+    out = capsys.readouterr().out
+    assert not out.startswith("resuming")
+    assert "stopped at step 1 of 3 after the 1e-06-minute limit; run the same command" in out
+    assert train_cli.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"resuming from step 1 of 3 in {tmp_path / 'w'}"
+    assert not any(line.startswith("stopped") for line in lines)
 
 
 @pytest.mark.parametrize("code, reason", [(errno.EROFS, "read-only file system"),

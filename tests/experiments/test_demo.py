@@ -10,17 +10,19 @@ import pytest
 
 from bh_jax.experiments.demo import DEMO_SITES, run_demo
 from bh_jax.experiments.evaluate import TYPICAL
-from bh_jax.harmonize import SolverConfig
+from bh_jax.harmonize import CalibrationConfig, SolverConfig
 
 pytestmark = pytest.mark.slow  # benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
+QUICK_CALIBRATION = CalibrationConfig(steps=2, pool=8, field_steps=2)
 
 
 def test_demo_writes_outputs_figure_and_table(trained, tiny_phantom, tmp_path):
     folder, manifest = tiny_phantom
     result = run_demo(tmp_path / "out", data_dir=folder, checkpoint=trained[0], subjects=1,
-                      settings=SolverConfig(steps=2), batch_size=8, progress=False)
+                      settings=SolverConfig(steps=2, calibration=QUICK_CALIBRATION),
+                      batch_size=8, progress=False)
     assert result["subjects"] == 1
     assert set(result["results"]) == set(DEMO_SITES)
     for site in DEMO_SITES:

@@ -71,7 +71,7 @@ def test_sharded_over_8_devices_equals_1_device(flow, volumes, solver):
 
 def test_latent_solver_lowers_its_objective(flow, volumes):
     harmonizer = Harmonizer(flow.model, flow.params,
-                            SolverConfig(solver="latent", init="hm", steps=15), batch_size=8,
+                            SolverConfig(solver="latent", init="hm", steps=3), batch_size=8,
                             devices=jax.devices()[:1])
     result = harmonize_volumes(harmonizer, volumes[:1], flow.reference)[0]
     d = result.diagnostics
