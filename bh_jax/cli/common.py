@@ -101,11 +101,16 @@ def run(body: Callable[[], int], batch_size: int | None = None) -> int:
     """Runs a command's body; turns the errors a user can act on into one line
     and exit code 2: bad inputs, settings or checkpoints (ValueError and its
     kinds), diverged training, file-system errors and running out of memory.
-    Anything else is a bug and keeps its traceback."""
+    Anything else is a bug and keeps its traceback. Ctrl-C (or a job limit's
+    SIGINT) is one line and exit code 130."""
     import jax
 
     try:
         return body()
+    except KeyboardInterrupt:
+        print("interrupted: finished outputs and checkpoints are complete (each is written "
+              "atomically); run the same command to continue", file=sys.stderr)
+        return 130
     except (ValueError, FloatingPointError) as err:
         return fail(err)
     except OSError as err:

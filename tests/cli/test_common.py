@@ -97,6 +97,9 @@ def test_errors_a_user_can_act_on_are_one_line(capsys):
             assert "lower --batch-size" in err_text and err_text.count("\n") == 1
         else:
             assert err_text == expected
+    assert common.run(raising(KeyboardInterrupt())) == 130  # Ctrl-C or a job's time limit
+    err_text = capsys.readouterr().err
+    assert err_text.startswith("interrupted: ") and err_text.count("\n") == 1
     with pytest.raises(KeyError):  # a bug keeps its traceback
         common.run(raising(KeyError("bug")))
     with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
