@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-scale", default="input", choices=["input", "unit"],
                         help="write in the input's intensity scale or in [0, 1]")
     parser.add_argument("--overwrite", action="store_true", help="redo existing outputs")
+    parser.add_argument("--no-report", action="store_true",
+                        help="do not write OUTPUT_DIR/report.html (every output's figures, "
+                             "QC scores and the volumes that stand out, in one page)")
     parser.add_argument("--qc-png", action="store_true",
                         help="also write a source / harmonized / difference figure")
     parser.add_argument("--distributed", action="store_true",
@@ -182,13 +185,14 @@ def demo_main(args: argparse.Namespace, settings) -> int:
     print(result["table"])
     print(f"{len(result['outputs'])} harmonized volumes and {result['figure']} in "
           f"{args.output_dir}; {result['seconds']:.0f} s")
+    print(f"report: {result['report']} ({result['report_seconds']:.0f} s)")
     return 0
 
 
 def harmonize_files(args: argparse.Namespace, settings) -> int:
     import jax
 
-    from bh_jax.harmonize import run
+    from bh_jax.harmonize import report, run
     from bh_jax.harmonize.methods import load_method
     from bh_jax.inputs import find_nifti
 
@@ -220,9 +224,18 @@ def harmonize_files(args: argparse.Namespace, settings) -> int:
                                 qc_png=args.qc_png, chunk=CHUNK_SUBJECTS,
                                 progress=not args.no_progress, sites=curves,
                                 grouping=grouping)
-    done = len(jobs) - len(failures)
+        seconds = time.perf_counter() - start
+        done = len(jobs) - len(failures)
+        report.write_run_record(args.output_dir, {
+            "inputs": [str(p) for p in inputs], "method": args.method,
+            "harmonized": done, "skipped": len(skipped), "seconds": seconds,
+            "failures": [{"input": str(p), "reason": why} for p, why in failures]})
+        if not args.no_report:
+            start_report = time.perf_counter()
+            page = report.build_report(args.output_dir)
+            print(f"report: {page} ({time.perf_counter() - start_report:.1f} s)")
     print(f"harmonized {done}, skipped {len(skipped)}, failed {len(failures)} "
-          f"in {time.perf_counter() - start:.1f} s -> {args.output_dir}")
+          f"in {seconds:.1f} s -> {args.output_dir}")
     for path, reason in failures:
         print(f"failed: {reason}", file=sys.stderr)
     return 1 if failures else 0

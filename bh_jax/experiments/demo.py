@@ -25,6 +25,7 @@ from bh_jax.experiments.evaluate import (
 )
 from bh_jax.harmonize.methods import VolumeMethod, flow_method
 from bh_jax.harmonize.pipeline import HarmonizedVolume
+from bh_jax.harmonize.report import build_report, output_reports, write_run_record
 from bh_jax.harmonize.run import Job, output_path, write_result
 from bh_jax.harmonize.settings import SolverConfig, default_settings
 from bh_jax.inputs import scan_of
@@ -83,7 +84,14 @@ def run_demo(output_dir: str | Path, data_dir: str | Path | None = None,
     results = evaluate_methods(manifest, flow.config.data, methods, sites=DEMO_SITES,
                                subjects=test_subjects, examples=examples)
     figure = save_examples_png(examples, output_dir / "demo.png")
+    outputs = sorted(str(p) for p in output_dir.glob("*_harmonized.nii.gz"))
+    seconds = time.perf_counter() - start
+    write_run_record(output_dir, {
+        "inputs": [r["input"] for r in output_reports(output_dir)], "method": "blindharmony",
+        "harmonized": len(outputs), "skipped": 0, "seconds": seconds, "failures": []})
+    report_start = time.perf_counter()
+    report = build_report(output_dir)
     return {"table": format_table(results), "results": results, "figure": figure,
-            "checkpoint": flow.identity, "subjects": len(test_subjects),
-            "seconds": time.perf_counter() - start,
-            "outputs": sorted(str(p) for p in output_dir.glob("*_harmonized.nii.gz"))}
+            "checkpoint": flow.identity, "subjects": len(test_subjects), "seconds": seconds,
+            "report": report, "report_seconds": time.perf_counter() - report_start,
+            "outputs": outputs}

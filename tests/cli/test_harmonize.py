@@ -4,6 +4,7 @@ the whole-run progress total."""
 import json
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nibabel as nib
@@ -73,11 +74,56 @@ def test_batch_run_with_a_bad_subject_then_resume(trained, inputs, tmp_path):
         assert (out / f"{name}.png").is_file()
         assert path.read_bytes() == raw, "inputs must not be modified"
 
+    page = (out / "report.html").read_text()
+    check_report(page, inputs=[*good, bad], volumes=2)
+    assert f"failed: {bad}: truncated or corrupt" in page  # the broken input, at the top
+
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
     second = _harmonize(*good, "--checkpoint", workdir, "--output-dir", out, *quick)
     assert second.returncode == 0, second.stderr
     assert "0 to harmonize, 2 already done" in second.stdout
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
+    # bh-report rebuilds the page from the folder alone: the same page.
+    from bh_jax.cli import report as report_cli
+
+    rebuilt = (out / "report.html").read_text()
+    (out / "report.html").unlink()
+    assert report_cli.main([str(out)]) == 0
+    assert (out / "report.html").read_text() == rebuilt
+    assert report_cli.main([str(tmp_path)]) == 2  # no outputs there: one line
+
+
+class _Checker(HTMLParser):
+    """Balanced tags (void elements aside) and every src/href inline or an anchor."""
+
+    VOID = {"img", "meta", "br", "hr", "input", "link"}
+
+    def __init__(self):
+        super().__init__()
+        self.open, self.images, self.external = [], 0, []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in self.VOID:
+            self.open.append(tag)
+        for name, value in attrs:
+            if name in ("src", "href") and not value.startswith(("data:image/png;base64,", "#")):
+                self.external.append(value)
+        self.images += tag == "img"
+
+    def handle_endtag(self, tag):
+        assert self.open and self.open.pop() == tag, f"</{tag}> closes nothing open"
+
+
+def check_report(page: str, inputs, volumes: int) -> None:
+    """report.html is well formed, self-contained, names every input and holds at
+    least one inline figure per volume."""
+    checker = _Checker()
+    checker.feed(page)
+    checker.close()
+    assert page.startswith("<!DOCTYPE html>") and checker.open == []
+    assert checker.external == [] and checker.images >= volumes
+    for path in inputs:
+        assert str(path) in page, path
 
 
 @pytest.mark.slow  # a subprocess

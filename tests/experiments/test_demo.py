@@ -32,6 +32,10 @@ def test_demo_writes_outputs_figure_and_table(trained, tiny_phantom, tmp_path):
     assert "| BlindHarmony |" in result["table"]
     assert len(result["outputs"]) == len(DEMO_SITES)
     assert (tmp_path / "out" / "demo.png").stat().st_size > 0
+    page = result["report"].read_text()  # one figure per output, every input named
+    assert page.count("data:image/png;base64,") >= len(DEMO_SITES)
+    assert all(f"{Path(p).name.replace('_harmonized.nii.gz', '')}" in page
+               for p in result["outputs"])
     first = next(e for e in manifest["images"] if e["split"] == "test" and e["site"] == "exp")
     output = nib.load(tmp_path / "out" / Path(first["path"]).name.replace(
         ".nii.gz", "_harmonized.nii.gz"))

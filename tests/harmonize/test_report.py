@@ -1,0 +1,27 @@
+"""report.html's choice of the volumes that stand out (the page itself: tests/cli)."""
+
+from bh_jax.harmonize.report import attention
+
+
+def _report(name, bpd, **extra):
+    return {"output": f"/out/{name}_harmonized.nii.gz", "input": f"/in/siteA/{name}.nii.gz",
+            "diagnostics": {"bpd_result": bpd, "failed": [False] * len(bpd)}, **extra}
+
+
+def test_a_broken_volume_stands_out_and_the_others_do_not():
+    usual = [_report(f"s{i}", [4.0 + 0.01 * i, 4.1]) for i in range(5)]
+    broken = _report("broken", [6.5, 7.0])
+    flat = _report("flat", [4.0, 4.1], calibration={"flag": "the prior scores Nyul's map higher"})
+    window = _report("big", [4.02, 4.1], brain_outside_window=0.2)
+    nan = _report("nan", [float("nan"), 4.0])
+    flagged = attention(usual + [broken, flat, window, nan])
+    assert set(flagged) == {f"{n}_harmonized.nii.gz" for n in ("broken", "flat", "big", "nan")}
+    assert "far above its site's median" in flagged["broken_harmonized.nii.gz"][0]
+    assert flagged["flat_harmonized.nii.gz"] == ["the prior scores Nyul's map higher"]
+    assert "20% of the brain" in flagged["big_harmonized.nii.gz"][0]
+    assert "not finite" in flagged["nan_harmonized.nii.gz"][0]
+    assert attention(usual) == {}
+    # Another site's volumes are not compared with these (its noise differs).
+    other = [dict(_report(f"o{i}", [7.0, 7.1]), input=f"/in/siteB/o{i}.nii.gz") for i in range(3)]
+    assert attention(usual + other) == {}
+    assert attention([{"output": "/out/hm_harmonized.nii.gz", "input": "/in/hm.nii.gz"}]) == {}
