@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ from bh_jax.training.state import abstract_state
 CONFIG_FILE = "config.json"
 REFERENCE_FILE = "reference.npz"
 METRICS_FILE = "metrics.json"
+# A checkpoint on disk against its arrays' bytes (metadata, OCDBT overhead).
+SPACE_MARGIN = 1.2
 
 
 class CheckpointError(ValueError):
@@ -68,7 +72,17 @@ class StateCheckpoints:
 
     def save(self, step: int, state: Any, val_bpd: float | None = None) -> None:
         """Saves and waits until the step is committed, so that what is written
-        after it (metrics.json) never runs ahead of the checkpoints."""
+        after it (metrics.json) never runs ahead of the checkpoints.
+
+        Raises:
+          OSError (ENOSPC, naming the step's folder): the disk lacks room for it. Checked
+            first: orbax's writers, failing midway, print hundreds of lines of tracebacks
+            from their threads before the error reaches the caller."""
+        copies = 2 if val_bpd is not None else 1
+        needed = copies * SPACE_MARGIN * sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
+        folder = Path(self.latest.directory)
+        if shutil.disk_usage(folder).free < needed + (1 << 20):
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder / str(step)))
         self.latest.save(step, args=ocp.args.StandardSave(state))
         if val_bpd is not None:
             self.best.save(step, args=ocp.args.StandardSave(state),
