@@ -109,6 +109,19 @@ def _planes(volume: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray
     return [volume[:, :, z].T, volume[:, y, :].T, volume[x, :, :].T]
 
 
+def _aspects(path: str) -> list[float]:
+    """Pixel aspect (height / width) of the three planes of `_planes`, in canonical
+    (RAS) order, so that anisotropic scans are not drawn squashed."""
+    import nibabel as nib
+
+    image = nib.load(path)
+    zooms = np.ones(3)
+    for axis, (canonical, _) in enumerate(nib.io_orientation(image.affine)):
+        zooms[int(canonical)] = image.header.get_zooms()[axis]
+    x, y, z = zooms
+    return [y / x, z / x, z / y]
+
+
 def volume_figure(report: dict, quantiles: np.ndarray | None) -> str:
     """Source / harmonized (/ truth) in three planes, their difference, in-brain
     histograms beside the target's, and the intensity curve: a base64 PNG."""
@@ -127,13 +140,14 @@ def volume_figure(report: dict, quantiles: np.ndarray | None) -> str:
         rows.append(("truth", truth / max(np.percentile(truth[brain], 99.5), 1e-6)))
     centre = tuple(int(np.mean(a)) for a in np.nonzero(brain)) if brain.any() else tuple(
         s // 2 for s in source.shape)
+    aspects = _aspects(report["input"])
     figure, axes = new_figure(len(rows), 4, (8.4, 2.1 * len(rows)))
     for row, (name, volume) in enumerate(rows):
         limits = (-0.5, 0.5) if name == "difference" else (0.0, 1.0)
         cmap = "coolwarm" if name == "difference" else "gray"
-        for col, plane in enumerate(_planes(volume, centre)):
+        for col, (plane, aspect) in enumerate(zip(_planes(volume, centre), aspects)):
             axes[row, col].imshow(plane, origin="lower", cmap=cmap, vmin=limits[0],
-                                  vmax=limits[1])
+                                  vmax=limits[1], aspect=aspect)
             axes[row, col].set_axis_off()
         axes[row, 0].set_title(name, fontsize=9, loc="left")
     bins = np.linspace(0.0, 1.2, 61)

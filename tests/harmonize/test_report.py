@@ -25,3 +25,17 @@ def test_a_broken_volume_stands_out_and_the_others_do_not():
     other = [dict(_report(f"o{i}", [7.0, 7.1]), input=f"/in/siteB/o{i}.nii.gz") for i in range(3)]
     assert attention(usual + other) == {}
     assert attention([{"output": "/out/hm_harmonized.nii.gz", "input": "/in/hm.nii.gz"}]) == {}
+
+
+def test_planes_keep_the_voxel_aspect_whatever_the_voxel_order(tmp_path):
+    """1x1x3 mm voxels in axial and in coronal order: the same (canonical) aspects."""
+    import nibabel as nib
+    import numpy as np
+
+    from bh_jax.harmonize.report import _aspects
+
+    axial = np.diag([1.0, 1.0, 3.0, 1.0])
+    coronal = axial[:, [0, 2, 1, 3]]
+    for name, affine, shape in (("a", axial, (4, 5, 6)), ("c", coronal, (4, 6, 5))):
+        nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), affine), tmp_path / f"{name}.nii")
+        assert _aspects(str(tmp_path / f"{name}.nii")) == [1.0, 3.0, 3.0]
