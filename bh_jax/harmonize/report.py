@@ -47,7 +47,7 @@ def _site_of(report: dict) -> str:
     """The run's site label; else the built-in data set's site in the file name; else
     the input's folder (harmonize.py's default grouping)."""
     name = Path(report["input"]).name
-    if label := report.get("site", {}).get("label"):
+    if label := (report.get("site") or {}).get("label"):
         return label
     if "_site-" in name:
         return name.split("_site-", 1)[1].split("_", 1)[0]
@@ -70,11 +70,11 @@ def attention(reports: list[dict]) -> dict[str, list[str]]:
     flagged: dict[str, list[str]] = {}
     for report, mean in zip(reports, means):
         reasons = []
-        if flag := report.get("calibration", {}).get("flag"):
+        if flag := (report.get("calibration") or {}).get("flag"):
             reasons.append(flag)
-        if any(report.get("diagnostics", {}).get("failed", [])):
+        if any((report.get("diagnostics") or {}).get("failed", [])):
             reasons.append("some slice fits failed")
-        if report.get("brain_outside_window", 0.0) > 0.01:
+        if (report.get("brain_outside_window") or 0.0) > 0.01:
             reasons.append(f"{report['brain_outside_window']:.0%} of the brain outside the "
                            "model's window")
         median, spread = usual.get(_site_of(report), (np.nan, np.nan))
@@ -197,7 +197,7 @@ def _quantiles(reports: list[dict]) -> np.ndarray | None:
     from bh_jax.training.checkpoint import REFERENCE_FILE
 
     for report in reports:
-        path = Path(report.get("checkpoint", {}).get("workdir", "")) / REFERENCE_FILE
+        path = Path((report.get("checkpoint") or {}).get("workdir", "")) / REFERENCE_FILE
         if path.is_file():
             return np.asarray(TargetReference.load(path).quantiles)
     return None
@@ -216,7 +216,7 @@ def build_report(folder: str | Path) -> Path:
     flagged = attention(reports)
     quantiles = _quantiles(reports)
     first = reports[0] if reports else {}
-    checkpoint = first.get("checkpoint", {})
+    checkpoint = (first.get("checkpoint") or {})
     unknown = "not recorded"
     parts = [f"<h1>bh_jax harmonization: {_e(folder.name)}</h1>",
              "<h2>The run</h2><table>",
@@ -246,12 +246,12 @@ def build_report(folder: str | Path) -> Path:
         for f in failures) + "".join(
         f"<li class='flagged'><a href='#{_e(name)}'>{_e(name)}</a>: {_e('; '.join(why))}</li>"
         for name, why in flagged.items()) + "</ul>")
-    sites = {r["site"]["label"]: r["site"] for r in reports if r.get("site", {}).get("curve")}
+    sites = {r["site"]["label"]: r["site"] for r in reports if (r.get("site") or {}).get("curve")}
     if sites:
         parts.append("<h2>Site curves</h2>")
         for label, site in sites.items():
             members = [Path(r["input"]).name for r in reports
-                       if r.get("site", {}).get("label") == label]
+                       if (r.get("site") or {}).get("label") == label]
             parts.append(f"<div class='site'><h3>{_e(label)}</h3><p>{_e(site.get('grouping'))}; "
                          f"{len(members)} volume(s): {_e(', '.join(members))}</p>"
                          f"<img src='data:image/png;base64,{site_figure(site)}'></div>")
@@ -261,7 +261,7 @@ def build_report(folder: str | Path) -> Path:
         d = report.get("diagnostics") or {}
         bpd = (f"{np.mean(d['bpd_source']):.3f} &rarr; {np.mean(d['bpd_result']):.3f}"
                if d.get("bpd_source") else "n/a")
-        seconds = sum(report.get("timings", {}).values())
+        seconds = sum((report.get("timings") or {}).values())
         css = " class='flagged'" if name in flagged else ""
         parts.append(f"<div{css} id='{_e(name)}'><h3>{_e(name)}</h3><p>input "
                      f"{_e(report['input'])}; bits/dim {bpd}; {seconds:.1f} s"

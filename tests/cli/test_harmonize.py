@@ -19,6 +19,11 @@ def _harmonize(*args):
                            *map(str, args)], capture_output=True, text=True, cwd=ROOT)
 
 
+def _quick(*args):
+    """harmonize.py without report.html (the batch test checks the page)."""
+    return _harmonize(*args, "--no-report")
+
+
 @pytest.fixture(scope="module")
 def inputs(tiny_phantom, tmp_path_factory):
     """Two good source volumes (copied: inputs must stay untouched) and a truncated one."""
@@ -133,8 +138,9 @@ def test_classical_methods_and_overwrite(trained, inputs, tmp_path):
         result = _harmonize(good[0], "--checkpoint", trained[0], "--output-dir", tmp_path,
                             "--method", method, "--overwrite")
         assert result.returncode == 0, result.stderr
-        report = json.loads(next(tmp_path.glob("*.json")).read_text())
+        report = json.loads(next(tmp_path.glob("*_harmonized.json")).read_text())
         assert report["method"] == method
+        assert (tmp_path / "report.html").is_file()  # classical reports have null fields
 
 
 @pytest.mark.slow  # a subprocess
@@ -265,7 +271,7 @@ def test_inputs_with_the_same_name_are_refused_not_overwritten(inputs, trained, 
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="2 inputs would write .*sub_harmonized.nii.gz"):
         plan_jobs(clash, out)
-    result = _harmonize(*clash, "--checkpoint", trained[0], "--output-dir", out, "--method", "hm")
+    result = _quick(*clash, "--checkpoint", trained[0], "--output-dir", out, "--method", "hm")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert str(clash[0]) in result.stderr and str(clash[1]) in result.stderr
     assert not out.exists()
@@ -300,7 +306,7 @@ def test_oblique_scan_of_other_voxel_size_is_written_on_its_own_grid(inputs, tra
     nib.save(singular, str(tmp_path / "flat.nii.gz"))
     nib.save(nib.Nifti1Image(mask.get_fdata().astype(np.uint8), None),
              str(tmp_path / "flat_mask.nii.gz"))
-    result = _harmonize(path, tmp_path / "flat.nii.gz", "--checkpoint", trained[0],
+    result = _quick(path, tmp_path / "flat.nii.gz", "--checkpoint", trained[0],
                         "--output-dir", tmp_path / "out", "--method", "hm",
                         "--mask-dir", tmp_path)
     assert result.returncode == 1, result.stderr
@@ -330,21 +336,21 @@ def test_shared_curve_is_one_per_run_and_the_same_on_resume(trained, tiny_phanto
     args = [*paths, "--checkpoint", trained[0], "--output-dir", out, "--solver", "curve",
             "--shared-curve", "--calibration-steps", "2", "--calibration-pool", "8",
             "--field-steps", "2", "--batch-size", "8"]
-    first = _harmonize(*args)
+    first = _quick(*args)
     assert first.returncode == 0, first.stderr
     n = len(paths)
     assert "fitting the intensity curves of 1 site(s), all inputs one site" in first.stdout
 
     def curves():
-        return [json.loads(p.read_text())["site"]["curve"] for p in sorted(out.glob("*.json"))]
+        return [json.loads(p.read_text())["site"]["curve"] for p in sorted(out.glob("*_harmonized.json"))]
 
     before = curves()
     assert len(before) == n and all(c == before[0] for c in before)
-    assert json.loads(next(out.glob("*.json")).read_text())["settings"]["calibration"]["shared"]
+    assert json.loads(next(out.glob("*_harmonized.json")).read_text())["settings"]["calibration"]["shared"]
     # A resumed run fits on all the inputs again (done ones too): the same curve.
     (out / Path(paths[0]).name.replace(".nii.gz", "_harmonized.json")).unlink()
     (out / Path(paths[0]).name.replace(".nii.gz", "_harmonized.nii.gz")).unlink()
-    again = _harmonize(*args)
+    again = _quick(*args)
     assert again.returncode == 0 and "1 to harmonize" in again.stdout
     assert curves() == before
 
@@ -374,7 +380,7 @@ def test_harmonize_cli_runs_learned_baselines(baselines, tiny_phantom, tmp_path)
     def harmonize(method, folder, out):
         return subprocess.run([sys.executable, str(ROOT / "harmonize.py"), entry["path"],
                                "--method", method, "--checkpoint", str(folder),
-                               "--output-dir", str(out), "--no-progress"],
+                               "--output-dir", str(out), "--no-progress", "--no-report"],
                               capture_output=True, text=True, cwd=ROOT)
 
     for kind in ("unet", "cyclegan"):

@@ -25,6 +25,9 @@ def test_a_broken_volume_stands_out_and_the_others_do_not():
     other = [dict(_report(f"o{i}", [7.0, 7.1]), input=f"/in/siteB/o{i}.nii.gz") for i in range(3)]
     assert attention(usual + other) == {}
     assert attention([{"output": "/out/hm_harmonized.nii.gz", "input": "/in/hm.nii.gz"}]) == {}
+    hm = {"output": "/out/hm_harmonized.nii.gz", "input": "/in/hm.nii.gz", "site": None,
+          "calibration": None, "diagnostics": None, "brain_outside_window": None}
+    assert attention([hm]) == {}  # a classical method's report: these are null
 
 
 def test_planes_keep_the_voxel_aspect_whatever_the_voxel_order(tmp_path):

@@ -34,13 +34,10 @@ def test_checkpoint_folder_alone_gives_a_usable_flow(trained):
     assert bool(jnp.all(jnp.isfinite(samples)))
 
 
-def test_resume_matches_uninterrupted_after_a_time_limit_and_a_stop(tmp_path, tiny_config, tiny_slices):
+def test_resume_matches_uninterrupted(tmp_path, tiny_config, tiny_slices):
     config = tiny_config.replace(train={"steps": 6, "eval_every": 3, "batch_size": 8})
     one = jax.devices()[:1]
     straight = train(config, tmp_path / "straight", *tiny_slices, progress=False, devices=one)
-    timed_out = train(config, tmp_path / "resumed", *tiny_slices, progress=False,
-                      devices=one, time_limit_s=0.0)
-    assert timed_out["step"] == 1 and not timed_out["finished"]  # one step, checkpointed
     train(config, tmp_path / "resumed", *tiny_slices, progress=False, stop_at=3, devices=one)
     resumed = train(config, tmp_path / "resumed", *tiny_slices, progress=False, devices=one)
     a = load_flow(tmp_path / "straight", which="latest").params
