@@ -79,7 +79,8 @@ class StateCheckpoints:
             first: orbax's writers, failing midway, print hundreds of lines of tracebacks
             from their threads before the error reaches the caller."""
         copies = 2 if val_bpd is not None else 1
-        needed = copies * SPACE_MARGIN * sum(x.nbytes for x in jax.tree.leaves(state))  # no host copy
+        # The arrays' own byte counts: no copy to the host.
+        needed = copies * SPACE_MARGIN * sum(x.nbytes for x in jax.tree.leaves(state))
         folder = Path(self.latest.directory)
         if shutil.disk_usage(folder).free < needed + (1 << 20):
             raise OSError(errno.ENOSPC, "No space left on device", str(folder / str(step)))
