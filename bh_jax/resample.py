@@ -3,8 +3,9 @@ prior's isotropic RAS grid out.
 
 A prior learned brains at one voxel size (its training volumes', recorded in its
 `reference.npz`). Every scan is brought to that grid for fitting and solving:
-smoothed to the grid's resolution when its voxels are finer (a Gaussian whose
-FWHM makes up the difference along each axis, `nibabel.processing.smooth_image`),
+smoothed to the grid's resolution when its voxels are finer (a Gaussian that makes up
+the difference between the two voxels' box profiles along each axis,
+`anti_aliasing_fwhm`, `nibabel.processing.smooth_image`),
 then resampled by trilinear interpolation onto an RAS-aligned grid covering the
 scan (`nibabel.processing.resample_to_output`, which handles oblique affines);
 masks by nearest neighbour. A scan already on such a grid is used as it is.
@@ -25,6 +26,9 @@ from bh_jax.io import Volume
 # Voxel sizes within this relative difference of the grid's count as on it.
 ON_GRID_TOLERANCE = 0.01
 
+# FWHM of a Gaussian with the variance of a box of unit width: sqrt(8 ln 2 / 12).
+BOX_FWHM_PER_WIDTH = float(np.sqrt(8.0 * np.log(2.0) / 12.0))
+
 
 @dataclass(frozen=True)
 class Resampling:
@@ -41,7 +45,8 @@ class Resampling:
     def as_dict(self) -> dict:
         record = asdict(self)
         record["method"] = (
-            "Gaussian smoothing to the grid's resolution (nibabel.processing.smooth_image), "
+            "Gaussian smoothing to the grid's voxel size (box-matched FWHM, "
+            "nibabel.processing.smooth_image), "
             "trilinear resampling onto the RAS grid (nibabel.processing.resample_to_output, "
             "order 1), mask by nearest neighbour (order 0); the result applied to the native "
             "voxels as an intensity transform" if self.resampled else
@@ -56,6 +61,21 @@ def is_on_grid(affine: np.ndarray, voxel_mm: float) -> bool:
     off_diagonal = linear - np.diag(np.diag(linear))
     return bool(np.all(np.abs(off_diagonal) < 1e-6 * voxel_mm)
                 and np.all(np.abs(np.diag(linear) - voxel_mm) <= ON_GRID_TOLERANCE * voxel_mm))
+
+
+def anti_aliasing_fwhm(native_mm: tuple[float, float, float], voxel_mm: float
+                       ) -> tuple[float, float, float]:
+    """FWHM (mm) of the Gaussian that takes voxels of `native_mm` to the resolution of
+    `voxel_mm` voxels, per axis (0 where the scan is already as coarse).
+
+    A voxel of width w averages the signal over a box of variance w^2 / 12; the
+    Gaussian adds the variance that a `voxel_mm` box has beyond the native one:
+    FWHM = 0.68 sqrt(voxel_mm^2 - w^2), 1.9 mm from 1 to 3 mm. (Taking the voxel
+    sizes themselves as FWHMs, 2.8 mm there, left the scan blurrier than the
+    prior's 3 mm training images and cost the default 0.5-0.7 dB on 1 mm
+    validation scans: docs/results.md, "Scans at 1 mm".)"""
+    return tuple(BOX_FWHM_PER_WIDTH * float(np.sqrt(max(voxel_mm**2 - v**2, 0.0)))
+                 for v in native_mm)
 
 
 def to_prior_grid(volume: Volume, mask: np.ndarray, voxel_mm: float | None
@@ -76,7 +96,7 @@ def to_prior_grid(volume: Volume, mask: np.ndarray, voxel_mm: float | None
                             float(voxel_mm) if voxel_mm is not None else float("nan"),
                             volume.data.shape, (0.0, 0.0, 0.0), False)
         return volume, np.asarray(mask, bool), record
-    fwhm = tuple(float(np.sqrt(max(voxel_mm**2 - v**2, 0.0))) for v in native_mm)
+    fwhm = anti_aliasing_fwhm(native_mm, voxel_mm)
     image = nib.Nifti1Image(np.asarray(volume.data, np.float32), affine)
     if any(fwhm):
         image = processing.smooth_image(image, fwhm, mode="constant")

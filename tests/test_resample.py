@@ -17,7 +17,7 @@ from bh_jax.harmonize.run import native_output, save_harmonized
 from bh_jax.harmonize.settings import CalibrationConfig
 from bh_jax.inputs import load_scan
 from bh_jax.io import BadInputError
-from bh_jax.resample import is_on_grid
+from bh_jax.resample import anti_aliasing_fwhm, is_on_grid
 from bh_jax.training.checkpoint import load_flow
 
 pytestmark = pytest.mark.slow  # fits on the tiny prior
@@ -45,6 +45,24 @@ def _unit(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / np.mean((a[mask] - b[mask]) ** 2)))
+
+
+@pytest.mark.parametrize("native", [(1.0, 1.0, 1.0), (1.0, 0.5, 4.0)])
+def test_anti_aliasing_adds_the_variance_a_3mm_box_has_beyond_the_native_one(native):
+    """Measured on what nibabel's smoothing does to an impulse: the kernel's variance
+    (mm^2) plus the native voxel's box variance w^2/12 is the 3 mm box's, 9/12, along
+    every finer axis; a coarser axis is left alone."""
+    fwhm = anti_aliasing_fwhm(native, 3.0)
+    impulse = np.zeros((41, 41, 41), np.float32)
+    impulse[20, 20, 20] = 1.0
+    smoothed = processing.smooth_image(nib.Nifti1Image(impulse, np.diag([*native, 1.0])),
+                                       fwhm).get_fdata()
+    for axis, width in enumerate(native):
+        profile = smoothed.sum(axis=tuple(a for a in range(3) if a != axis))
+        offsets = (np.arange(41) - 20) * width
+        variance = float(np.sum(profile * offsets**2) / np.sum(profile))
+        expected = max(9.0 - width**2, 0.0) / 12.0
+        assert variance == pytest.approx(expected, abs=0.02), (axis, fwhm)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,11 @@ against the target-site truth at the scan's OWN resolution, and the time per vol
     python tools/resolution_table.py --data-dir data/phantom-demo --sites exp siteB \\
         --subjects 3 --out runs/resolution
 
-The 1 mm scans are the built-in test subjects' 3 mm volumes resampled to 1 mm
-(nibabel.processing, linear; masks nearest neighbour), a paper shift applied at 1 mm
-to the resampled truth, written to OUT/1mm. Each
+The 1 mm scans are the built-in subjects rendered at 1 mm (`--fine rendered`: the data
+set's generator at 1 mm voxels, same seeds; a different draw of the random fields than
+the 3 mm rendering of the same subject) or their 3 mm volumes resampled to 1 mm
+(`--fine interpolated`: nibabel.processing, linear; masks nearest neighbour), a paper
+shift applied at 1 mm to the truth; written to OUT/1mm. Each
 site's scans are harmonized together, as harmonize.py does with one folder per site,
 with the shipped `demo` prior (3 mm): the 1 mm scans are brought to its grid for the
 fit and the result is applied to their own voxels. The truth is scaled to [0, 1] by its
@@ -28,8 +30,15 @@ import numpy as np
 from nibabel import processing
 
 from bh_jax import metrics, pretrained
+from bh_jax.config import PhantomConfig
 from bh_jax.data.manifest import load_manifest
-from bh_jax.data.phantom import SHIFT_SITES, unit_scale
+from bh_jax.data.phantom import (
+    SHIFT_SITES,
+    TARGET_SITE,
+    grid,
+    render_subject,
+    unit_scale,
+)
 from bh_jax.data.shifts import apply_shift
 from bh_jax.harmonize import Harmonizer, SolverConfig, harmonize_volumes
 from bh_jax.harmonize.pipeline import classical
@@ -62,6 +71,28 @@ def fine_files(site: str, index: int, files: tuple[Path, Path, Path], out: Path)
     nib.save(nib.Nifti1Image(shifted.astype(np.float32), image.affine),
              str(out / f"{site}-{index}-source.nii.gz"))
     return out / f"{site}-{index}-source.nii.gz", mask, truth
+
+
+def save(data: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    nib.save(nib.Nifti1Image(data.astype(np.float32), affine), str(path))
+    return path
+
+
+def rendered_files(site: str, subject: str, config: dict, out: Path) -> tuple:
+    """(source, mask, truth) of a data set's subject rendered at 1 mm."""
+    cfg = PhantomConfig(**{**config, "voxel_mm": 1.0})
+    index = int(subject.removeprefix("sub-"))
+    scanner = site if site not in SHIFT_SITES else TARGET_SITE
+    anatomy, images = render_subject(cfg, index, sites=tuple(dict.fromkeys((TARGET_SITE,
+                                                                            scanner))))
+    _, affine = grid(1.0)
+    truth = images[TARGET_SITE]
+    source = (apply_shift(unit_scale(truth, anatomy.mask), site) if site in SHIFT_SITES
+              else images[site])
+    stem = out / f"{site}-{index}"
+    return (save(source, affine, Path(f"{stem}-source.nii.gz")),
+            save(anatomy.mask.astype(np.float32), affine, Path(f"{stem}-mask.nii.gz")),
+            save(truth, affine, Path(f"{stem}-truth.nii.gz")))
 
 
 def scores(output: np.ndarray, truth_path: Path, mask: np.ndarray) -> dict:
@@ -98,7 +129,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="the demo preset's built-in data set")
     parser.add_argument("--sites", nargs="+", default=["exp", "siteB"])
-    parser.add_argument("--subjects", type=int, default=3, help="test subjects per site")
+    parser.add_argument("--subjects", type=int, default=3, help="subjects per site")
+    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument("--fine", default="rendered", choices=("rendered", "interpolated"),
+                        help="how the 1 mm scans are made (see above)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     data, out = Path(args.data_dir), Path(args.out)
@@ -108,10 +142,13 @@ def main() -> None:
     manifest = load_manifest(data)
     result = {}
     for site in args.sites:
-        entries = [e for e in manifest["images"] if e["split"] == "test" and e["site"] == site]
-        coarse = [(data / e["path"], data / e["mask"], data / e["truth"])
-                  for e in entries[:args.subjects]]
-        fine = [fine_files(site, i, files, out / "1mm") for i, files in enumerate(coarse)]
+        entries = [e for e in manifest["images"]
+                   if e["split"] == args.split and e["site"] == site][:args.subjects]
+        coarse = [(data / e["path"], data / e["mask"], data / e["truth"]) for e in entries]
+        fine = ([rendered_files(site, e["subject"], manifest["config"], out / "1mm")
+                 for e in entries]
+                if args.fine == "rendered" else
+                [fine_files(site, i, files, out / "1mm") for i, files in enumerate(coarse)])
         for resolution, files in (("3 mm", coarse), ("1 mm", fine)):
             result[f"{site} {resolution}"] = run_site(flow, harmonizer, files)
             row = result[f"{site} {resolution}"]

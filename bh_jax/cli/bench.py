@@ -5,6 +5,7 @@
     bh-bench sweep --checkpoint runs/demo      # validation subjects only
     bh-bench prior --checkpoint runs/demo      # what the prior prefers (validation)
     bh-bench quality --checkpoint runs/demo --out runs/tables   # test subjects
+    bh-bench study --checkpoint bh_jax/pretrained/demo --out runs/study --volumes 100
 
 (`python -m bh_jax.bench ...` is the same command.) docs/results.md,
 docs/methods.md and docs/performance.md quote these commands with their results.
@@ -67,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
                       help="override the solvers' default steps")
     harm.add_argument("--solvers", nargs="+", choices=SOLVERS,
                       help="time these, in this order (default: all)")
+    st = sub.add_parser("study", help="harmonize.py end to end over a study: volumes/min "
+                                      "per method and where the time goes")
+    st.add_argument("--checkpoint", required=True, help="flow training folder")
+    st.add_argument("--data-dir", help="the built-in data set (default data/phantom-PRESET)")
+    st.add_argument("--out", required=True, help="the study's scans and outputs go here")
+    st.add_argument("--volumes", type=positive_int, default=100, help="scans in the study")
+    st.add_argument("--site", default="exp", help="the source domain of the scans")
+    st.add_argument("--methods", nargs="+", default=["hm", "nyul", "blindharmony"],
+                    help="harmonize.py --method values, one run each")
+    st.add_argument("--batch-size", type=positive_int, default=16, help="harmonize.py's")
     for name, text in (("sweep", "solver settings on the validation subjects"),
                        ("quality", "the paper's tables on the test subjects"),
                        ("prior", "does the prior rank the truth above HM, and prefer the "
@@ -135,6 +146,7 @@ def _run(args) -> int:
         bench_harmonize,
         prior,
         quality,
+        study,
         sweep,
     )
 
@@ -145,6 +157,10 @@ def _run(args) -> int:
         result = [row for batch in args.batch_size for row in bench_harmonize(
             args.preset, batch, args.steps, args.repeats, args.memory_only, args.solvers)]
         print(_table(result))
+    elif args.command == "study":
+        result = study(args.checkpoint, args.data_dir, args.out, args.volumes, args.methods,
+                       args.site, args.batch_size)
+        print(_table([{k: v for k, v in row.items() if k != "machine"} for row in result]))
     elif args.command == "sweep":
         result = sweep(args.checkpoint, args.data_dir, args.batch_size, args.b2, args.alpha,
                        args.learning_rate, args.steps, args.slice_stride, args.solver,

@@ -213,13 +213,14 @@ def harmonize_files(args: argparse.Namespace, settings) -> int:
               f"method {args.method}, {jax.device_count()} {jax.devices()[0].platform} "
               f"device(s)")
         start = time.perf_counter()
-        curves = {}
+        curves, curve_seconds = {}, 0.0
         if jobs and method.fit_site is not None:
             needed = {job.site for job in jobs}
             print(f"fitting the intensity curves of {len(needed)} site(s), {grouping}, each "
                   f"on up to {run.SITE_CURVE_VOLUMES} of its inputs ...", flush=True)
             curves = run.fit_site_curves(method, [j for j in every if j.site in needed],
                                          args.mask_dir, progress=not args.no_progress)
+            curve_seconds = time.perf_counter() - start
         failures = run.run_jobs(jobs, method, args.output_scale, mask_dir=args.mask_dir,
                                 qc_png=args.qc_png, chunk=CHUNK_SUBJECTS,
                                 progress=not args.no_progress, sites=curves,
@@ -229,6 +230,7 @@ def harmonize_files(args: argparse.Namespace, settings) -> int:
         report.write_run_record(args.output_dir, {
             "inputs": [str(p) for p in inputs], "method": args.method,
             "harmonized": done, "skipped": len(skipped), "seconds": seconds,
+            "site_curves_seconds": curve_seconds,
             "failures": [{"input": str(p), "reason": why} for p, why in failures]})
         if not args.no_report:
             start_report = time.perf_counter()

@@ -12,9 +12,11 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bh_jax.config import get_preset
-from bh_jax.data.manifest import target_volumes
+from bh_jax.data.manifest import select, target_volumes
 from bh_jax.data.phantom import ensure_phantom
 from bh_jax.experiments.evaluate import (
     calibration_check,
@@ -162,6 +164,57 @@ def _evaluation(checkpoint: str, data_dir: str | None):
     manifest = ensure_phantom(data_dir or f"data/phantom-{flow.config.name}",
                               flow.config.phantom.evaluation(), flow.config.name)
     return flow, manifest
+
+
+def study(checkpoint: str, data_dir: str | None, out: str, volumes: int, methods: list[str],
+          site: str, batch: int) -> list[dict]:
+    """End to end, as a user runs it: `harmonize.py` over a study of `volumes` scans of
+    one site (the built-in test subjects of `site`, copied under new names until there
+    are `volumes`), once per method, each into its own folder. Per method: the run's
+    seconds, volumes per minute, and where the time went (the site curve fit; summed
+    over the volumes, as their reports record them: loading and bringing to the prior's
+    grid, harmonizing, writing; building report.html; the rest: loading the prior,
+    compiling, waiting for a load or a write)."""
+    from bh_jax.cli import harmonize as cli
+    from bh_jax.harmonize.report import build_report
+
+    _, manifest = _evaluation(checkpoint, data_dir)
+    entries = select(manifest, "test", site)
+    if not entries:
+        raise ValueError(f"no test images of site {site!r} in the built-in data set")
+    scans, masks = Path(out, "study", site), Path(out, "study-masks")
+    for folder in (scans, masks):
+        folder.mkdir(parents=True, exist_ok=True)
+    for index in range(volumes):
+        entry = entries[index % len(entries)]
+        for folder, source in ((scans, entry["path"]), (masks, entry["mask"])):
+            copy = folder / f"scan-{index:04d}.nii.gz"
+            if not copy.exists():  # copies: a run resolves links to one input
+                shutil.copyfile(source, copy)
+    rows = []
+    for method in methods:
+        target = Path(out, method)
+        _stage(f"{method}: {volumes} volumes -> {target}")
+        start = time.perf_counter()
+        code = cli.main([str(scans), "--mask-dir", str(masks), "--output-dir", str(target),
+                         "--method", method, "--checkpoint", checkpoint, "--batch-size",
+                         str(batch), "--overwrite", "--no-progress", "--no-report"])
+        report_start = time.perf_counter()
+        build_report(target)
+        report_s = time.perf_counter() - report_start
+        seconds = time.perf_counter() - start
+        reports = [json.loads(p.read_text()) for p in target.glob("*_harmonized.json")]
+        parts = {k: sum(r["timings"].get(k, 0.0) for r in reports)
+                 for k in ("load_s", "harmonize_s", "write_s")}
+        record = json.loads((target / "run.json").read_text())
+        fit = record.get("site_curves_seconds", 0.0)
+        rows.append({"method": method, "volumes": len(reports), "exit": code,
+                     "seconds": seconds, "volumes_per_min": 60 * len(reports) / seconds,
+                     "site_curve_s": fit, **parts, "report_s": report_s,
+                     "other_s": seconds - fit - sum(parts.values()) - report_s,
+                     "machine": machine()})
+        _stage(json.dumps(rows[-1]))
+    return rows
 
 
 SWEEP_SITES = ["exp", "log", "gamma0.7", "siteA", "siteB", "siteC", "siteD"]

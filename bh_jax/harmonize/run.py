@@ -15,6 +15,7 @@ import fcntl
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -322,15 +323,40 @@ def estimated_slices(slices_loaded: int, subjects_loaded: int, subjects_left: in
     return slices_loaded + round(per_subject * subjects_left)
 
 
+def _load(job: Job, method: VolumeMethod, mask_dir) -> tuple[Scan | str, float]:
+    """(the scan, or why it cannot be loaded; seconds taken)."""
+    start = time.perf_counter()
+    try:
+        scan = load_job_scan(job, method, mask_dir)
+    except BadInputError as err:
+        scan = str(err)
+    return scan, time.perf_counter() - start
+
+
+def _write_or_clean(job: Job, *args) -> str | None:
+    """`write_result`; on failure, removes what it wrote and returns the reason."""
+    try:
+        write_result(job, *args)
+    except (OSError, ValueError) as err:
+        for leftover in (job.output, job.report, job.figure):
+            with contextlib.suppress(OSError):  # e.g. the folder is not one
+                leftover.unlink(missing_ok=True)
+        return f"{job.output}: could not write ({err})"
+    return None
+
+
 def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
              mask_dir=None, qc_png: bool = False, chunk: int = 8,
              progress: bool = True, sites: dict[str, SiteCurve] | None = None,
              grouping: str = "") -> list[tuple[Path, str]]:
     """Harmonizes every job; returns [(input, reason)] for those that failed.
 
-    Subjects are loaded `chunk` at a time and harmonized site by site; the
-    progress bar's total (hence its ETA) is the whole run's, estimated until the
-    last chunk is loaded. `sites`: each site's intensity curve (`fit_site_curves`).
+    Subjects are loaded `chunk` at a time and harmonized site by site; the next
+    chunk is loaded, and the last one's outputs written, by two background threads
+    while the current one is harmonized (loading and writing are numpy, nibabel and
+    scipy work, the solve XLA's). The progress bar's total (hence its ETA) is the
+    whole run's, estimated until the last chunk is loaded. `sites`: each site's
+    intensity curve (`fit_site_curves`).
     """
     from tqdm.auto import tqdm
 
@@ -343,51 +369,68 @@ def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
                    file=sys.stderr)
     done = slices_loaded = subjects_loaded = 0
     members = {site: sum(job.site == site for job in jobs) for site in sites}
-    for first in range(0, len(jobs), chunk):
-        loaded = []
-        for job in jobs[first:first + chunk]:
-            start = time.perf_counter()
-            try:
-                scan = load_job_scan(job, method, mask_dir)
-            except BadInputError as err:
-                failures.append((job.input, str(err)))
+    chunks = [jobs[first:first + chunk] for first in range(0, len(jobs), chunk)]
+    writes: list[tuple[Job, HarmonizedVolume, Future]] = []
+
+    def finish_writes() -> None:
+        nonlocal done
+        for job, result, write in writes:
+            if (reason := write.result()) is not None:
+                failures.append((job.input, reason))
                 continue
-            loaded.append((job, scan, time.perf_counter() - start))
-        slices_loaded += sum(len(s.prepared.slices) for _, s, _ in loaded)
-        subjects_loaded += len(loaded)
-        bar.total = estimated_slices(slices_loaded, subjects_loaded,
-                                     max(len(jobs) - first - chunk, 0))
-        bar.refresh()
-        for site in dict.fromkeys(job.site for job, _, _ in loaded):
-            group = [(job, scan, load_s) for job, scan, load_s in loaded if job.site == site]
-            start = time.perf_counter()
-            results = method.harmonize([scan.prepared for _, scan, _ in group], bar,
-                                       site=sites.get(site))
-            seconds = time.perf_counter() - start
-            n_slices = max(sum(len(r.slices) for r in results), 1)
-            record = ({"label": site, "grouping": grouping, "volumes_in_run": members[site],
-                       **sites[site].as_dict()} if site in sites else
-                      {"label": site, "grouping": grouping, "shared_curve": False})
-            for (job, scan, load_s), result in zip(group, results):
-                timings = {"load_s": load_s,
-                           "harmonize_s": seconds * len(result.slices) / n_slices}
-                try:
-                    write_result(job, scan, result, method, output_scale, qc_png, timings,
-                                 record)
-                except (OSError, ValueError) as err:
-                    for leftover in (job.output, job.report, job.figure):
-                        with contextlib.suppress(OSError):  # e.g. the folder is not one
-                            leftover.unlink(missing_ok=True)
-                    failures.append((job.input, f"{job.output}: could not write ({err})"))
-                    continue
-                done += 1
-                if result.notes.get("fallback"):
-                    tqdm.write(f"note: {job.input}: fell back to {result.notes['fallback']}",
-                               file=sys.stderr)
-                elif result.notes.get("flag"):
-                    tqdm.write(f"note: {job.input}: flagged: {result.notes['flag']}",
-                               file=sys.stderr)
-                bar.set_postfix(subjects=f"{done}/{len(jobs)}")
+            done += 1
+            if result.notes.get("fallback"):
+                tqdm.write(f"note: {job.input}: fell back to {result.notes['fallback']}",
+                           file=sys.stderr)
+            elif result.notes.get("flag"):
+                tqdm.write(f"note: {job.input}: flagged: {result.notes['flag']}",
+                           file=sys.stderr)
+            bar.set_postfix(subjects=f"{done}/{len(jobs)}")
+        writes.clear()
+
+    loader, writer = ThreadPoolExecutor(1, "bh-load"), ThreadPoolExecutor(1, "bh-write")
+    load = [[loader.submit(_load, job, method, mask_dir) for job in chunks[0]]] if chunks else []
+    try:
+        for index in range(len(chunks)):
+            if index + 1 < len(chunks):
+                load.append([loader.submit(_load, job, method, mask_dir)
+                             for job in chunks[index + 1]])
+            loaded = []
+            for job, future in zip(chunks[index], load[index]):
+                scan, load_s = future.result()
+                if isinstance(scan, str):
+                    failures.append((job.input, scan))
+                else:
+                    loaded.append((job, scan, load_s))
+            load[index] = []  # the scans are in `loaded` until written
+            slices_loaded += sum(len(s.prepared.slices) for _, s, _ in loaded)
+            subjects_loaded += len(loaded)
+            bar.total = estimated_slices(slices_loaded, subjects_loaded,
+                                         sum(map(len, chunks[index + 1:])))
+            bar.refresh()
+            for site in dict.fromkeys(job.site for job, _, _ in loaded):
+                group = [item for item in loaded if item[0].site == site]
+                start = time.perf_counter()
+                results = method.harmonize([scan.prepared for _, scan, _ in group], bar,
+                                           site=sites.get(site))
+                seconds = time.perf_counter() - start
+                finish_writes()  # the previous group's, written meanwhile
+                n_slices = max(sum(len(r.slices) for r in results), 1)
+                record = ({"label": site, "grouping": grouping, "volumes_in_run": members[site],
+                           **sites[site].as_dict()} if site in sites else
+                          {"label": site, "grouping": grouping, "shared_curve": False})
+                for (job, scan, load_s), result in zip(group, results):
+                    timings = {"load_s": load_s,
+                               "harmonize_s": seconds * len(result.slices) / n_slices}
+                    writes.append((job, result, writer.submit(
+                        _write_or_clean, job, scan, result, method, output_scale, qc_png,
+                        timings, record)))
+        finish_writes()
+    finally:
+        # An interrupted run drops the loads not begun; the threads are joined at
+        # exit, so the file being written is finished (atomically) first.
+        loader.shutdown(wait=False, cancel_futures=True)
+        writer.shutdown(wait=False)
     bar.total = bar.n  # the estimate counted subjects that then failed to load
     bar.close()
     return failures

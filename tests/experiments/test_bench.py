@@ -1,6 +1,9 @@
-"""`bench sweep`: the grid over the intensity calibration's settings."""
+"""`bh-bench`: the sweep over the intensity calibration's settings, the solver timings,
+the end-to-end study."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -83,3 +86,22 @@ def test_calibration_grid_covers_every_combination():
     each = _calibration_grid(Namespace(calibration_segments=None, calibration_pool=None,
                                        calibration_steps=None, each_volume=True))
     assert [(c.segments, c.shared) for c in each] == [(4, False)]
+
+
+def test_bench_study_runs_harmonize_end_to_end_and_splits_its_time(trained, tiny_phantom,
+                                                                   tmp_path, capsys):
+    """Three scans from two test subjects (copied under new names): each is harmonized
+    and counted, and the parts of the time add up to less than the run's."""
+    workdir, _, _ = trained
+    folder, _ = tiny_phantom
+    assert main(["study", "--checkpoint", str(workdir), "--data-dir", str(folder),
+                 "--out", str(tmp_path), "--volumes", "3", "--methods", "hm",
+                 "--json", str(tmp_path / "study.json")]) == 0
+    (row,) = json.loads((tmp_path / "study.json").read_text())
+    assert (row["method"], row["volumes"], row["exit"]) == ("hm", 3, 0)
+    assert len(list((tmp_path / "hm").glob("scan-*_harmonized.nii.gz"))) == 3
+    assert (tmp_path / "hm" / "report.html").is_file()
+    parts = [row[k] for k in ("site_curve_s", "load_s", "harmonize_s", "write_s", "report_s")]
+    assert all(p >= 0 for p in parts) and row["other_s"] >= 0
+    assert row["volumes_per_min"] == pytest.approx(180 / row["seconds"])
+    assert "| hm | 3 | 0 |" in capsys.readouterr().out
