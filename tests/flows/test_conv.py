@@ -1,11 +1,14 @@
-"""The conditioners' convolution: lax's values and gradients, a fast transpose."""
+"""The conditioners' convolution: lax's values and gradients, a fast transpose, and
+Winograd's algorithm for large 3x3 convolutions on the CPU."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bh_jax.flows import conv as conv_module
 from bh_jax.flows.conv import conv_general_dilated
+from bh_jax.flows.winograd import conv3x3_same
 
 DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -18,10 +21,15 @@ def _conv(x, kernel, padding):
     return conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=DIMS)
 
 
+@pytest.mark.parametrize("winograd", [False, True])
 @pytest.mark.parametrize("kernel_shape,padding", [
     ((3, 3, 4, 6), "SAME"), ((1, 1, 4, 6), "SAME"), ((2, 3, 4, 5), "SAME"),
     ((3, 3, 4, 2), ((2, 0), (1, 1))), ((3, 3, 4, 2), "VALID")])
-def test_values_and_gradients_equal_lax(kernel_shape, padding):
+def test_values_and_gradients_equal_lax(kernel_shape, padding, winograd, monkeypatch):
+    """`winograd`: every 3x3 'SAME' convolution takes Winograd's path (the others
+    cannot: the case shows they still give lax's values)."""
+    if winograd:
+        monkeypatch.setattr(conv_module, "WINOGRAD_MIN_MACS", 0)
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 6, 4))
     kernel = jax.random.normal(jax.random.PRNGKey(1), kernel_shape)
     weights = jax.random.normal(jax.random.PRNGKey(2), _lax_conv(x, kernel, padding).shape)
@@ -45,6 +53,36 @@ def test_values_and_gradients_equal_lax(kernel_shape, padding):
 
     np.testing.assert_allclose(jax.jit(scanned(_conv))(x), scanned(_lax_conv)(x),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 12, 5, 7), (1, 9, 11, 3, 4), (3, 1, 6, 2, 2),
+                                   (1, 21, 14, 16, 8)])
+def test_winograd_equals_lax_for_any_image_size(shape):
+    """F(4x4, 3x3) tiles of any image (sizes not multiples of 4, one row, ...): lax's
+    values to float32 rounding."""
+    n, h, w, c, o = shape
+    x = jax.random.normal(jax.random.PRNGKey(0), (n, h, w, c))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, c, o))
+    reference = _lax_conv(x, kernel, "SAME")
+    result = jax.jit(conv3x3_same)(x, kernel)
+    assert result.shape == reference.shape
+    np.testing.assert_allclose(result, reference, rtol=0,
+                               atol=2e-5 * float(jnp.abs(reference).max()))
+
+
+def test_winograd_is_taken_above_the_threshold_only(monkeypatch):
+    """The large case compiles to the Winograd program (36 products and the kernel's
+    transform, no convolution), the small one to XLA's convolution."""
+    x, kernel = jnp.ones((1, 16, 16, 8)), jnp.ones((3, 3, 8, 8))
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_MACS", 9 * 16 * 16 * 8 * 8)
+
+    def compiled(rows):
+        program = jax.jit(lambda x, k: _conv(x[:, :rows], k, "SAME"))
+        return program.lower(x, kernel).compile().as_text()
+
+    large, small = compiled(16), compiled(8)
+    assert large.count(" dot(") >= 36 and " convolution(" not in large
+    assert " dot(" not in small and " convolution(" in small
 
 
 def test_unsupported_convolutions_are_refused():
