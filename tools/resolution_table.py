@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import processing
 
-from bh_jax import metrics, pretrained
+from bh_jax import metrics, pretrained, resample
 from bh_jax.config import PhantomConfig
 from bh_jax.data.manifest import load_manifest
 from bh_jax.data.phantom import (
@@ -133,6 +133,10 @@ def main() -> None:
     parser.add_argument("--split", default="test", choices=("val", "test"))
     parser.add_argument("--fine", default="rendered", choices=("rendered", "interpolated"),
                         help="how the 1 mm scans are made (see above)")
+    parser.add_argument("--fwhm-per-width", type=float, nargs="+",
+                        help="1 mm rows only, once per value: the anti-aliasing filter's "
+                             "FWHM per mm of width difference (bh_jax.resample."
+                             "BOX_FWHM_PER_WIDTH; 1.0: the first version)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     data, out = Path(args.data_dir), Path(args.out)
@@ -149,7 +153,12 @@ def main() -> None:
                  for e in entries]
                 if args.fine == "rendered" else
                 [fine_files(site, i, files, out / "1mm") for i, files in enumerate(coarse)])
-        for resolution, files in (("3 mm", coarse), ("1 mm", fine)):
+        rows = ([(f"1 mm, FWHM per width {k}", fine, k) for k in args.fwhm_per_width]
+                if args.fwhm_per_width else
+                [("3 mm", coarse, None), ("1 mm", fine, None)])
+        for resolution, files, scale in rows:
+            if scale is not None:
+                resample.BOX_FWHM_PER_WIDTH = scale
             result[f"{site} {resolution}"] = run_site(flow, harmonizer, files)
             row = result[f"{site} {resolution}"]
             print(f"{site} {resolution} {row['shape']}: " + ", ".join(

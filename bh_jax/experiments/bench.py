@@ -171,10 +171,11 @@ def study(checkpoint: str, data_dir: str | None, out: str, volumes: int, methods
     """End to end, as a user runs it: `harmonize.py` over a study of `volumes` scans of
     one site (the built-in test subjects of `site`, copied under new names until there
     are `volumes`), once per method, each into its own folder. Per method: the run's
-    seconds, volumes per minute, and where the time went (the site curve fit; summed
-    over the volumes, as their reports record them: loading and bringing to the prior's
-    grid, harmonizing, writing; building report.html; the rest: loading the prior,
-    compiling, waiting for a load or a write)."""
+    seconds, volumes per minute, and where the time went: in the main thread, the site
+    curve fit, harmonizing (summed over the volumes' reports; compiling included),
+    building report.html, and the rest (loading the prior, waiting for the first scans
+    and the last writes); in the background threads, overlapped with the main one,
+    loading the scans (to the prior's grid) and writing the outputs."""
     from bh_jax.cli import harmonize as cli
     from bh_jax.harmonize.report import build_report
 
@@ -210,9 +211,11 @@ def study(checkpoint: str, data_dir: str | None, out: str, volumes: int, methods
         fit = record.get("site_curves_seconds", 0.0)
         rows.append({"method": method, "volumes": len(reports), "exit": code,
                      "seconds": seconds, "volumes_per_min": 60 * len(reports) / seconds,
-                     "site_curve_s": fit, **parts, "report_s": report_s,
-                     "other_s": seconds - fit - sum(parts.values()) - report_s,
-                     "machine": machine()})
+                     "site_curve_s": fit, "harmonize_s": parts["harmonize_s"],
+                     "report_s": report_s,
+                     "rest_s": seconds - fit - parts["harmonize_s"] - report_s,
+                     "background_load_s": parts["load_s"],
+                     "background_write_s": parts["write_s"], "machine": machine()})
         _stage(json.dumps(rows[-1]))
     return rows
 
