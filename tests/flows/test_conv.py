@@ -21,13 +21,13 @@ def _conv(x, kernel, padding):
     return conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=DIMS)
 
 
-@pytest.mark.parametrize("winograd", [False, True])
-@pytest.mark.parametrize("kernel_shape,padding", [
-    ((3, 3, 4, 6), "SAME"), ((1, 1, 4, 6), "SAME"), ((2, 3, 4, 5), "SAME"),
-    ((3, 3, 4, 2), ((2, 0), (1, 1))), ((3, 3, 4, 2), "VALID")])
+@pytest.mark.parametrize("kernel_shape,padding,winograd", [
+    ((3, 3, 4, 6), "SAME", False), ((3, 3, 4, 6), "SAME", True), ((1, 1, 4, 6), "SAME", False),
+    ((2, 3, 4, 5), "SAME", False), ((3, 3, 4, 2), ((2, 0), (1, 1)), False),
+    ((3, 3, 4, 2), "VALID", False)])
 def test_values_and_gradients_equal_lax(kernel_shape, padding, winograd, monkeypatch):
-    """`winograd`: every 3x3 'SAME' convolution takes Winograd's path (the others
-    cannot: the case shows they still give lax's values)."""
+    """`winograd`: every 3x3 'SAME' convolution takes Winograd's path, the forward
+    pass and the input gradient (a 3x3 'SAME' convolution too)."""
     if winograd:
         monkeypatch.setattr(conv_module, "WINOGRAD_MIN_MACS", 0)
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 6, 4))
@@ -55,8 +55,7 @@ def test_values_and_gradients_equal_lax(kernel_shape, padding, winograd, monkeyp
                                rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 12, 5, 7), (1, 9, 11, 3, 4), (3, 1, 6, 2, 2),
-                                   (1, 21, 14, 16, 8)])
+@pytest.mark.parametrize("shape", [(2, 9, 14, 5, 7), (3, 1, 6, 2, 2)])
 def test_winograd_equals_lax_for_any_image_size(shape):
     """F(4x4, 3x3) tiles of any image (sizes not multiples of 4, one row, ...): lax's
     values to float32 rounding."""
