@@ -158,8 +158,10 @@ def _run(args) -> int:
             args.preset, batch, args.steps, args.repeats, args.memory_only, args.solvers)]
         print(_table(result))
     elif args.command == "study":
-        result = study(args.checkpoint, args.data_dir, args.out, args.volumes, args.methods,
-                       args.site, args.batch_size)
+        from bh_jax.cli.harmonize import main as harmonize_main
+
+        result = study(harmonize_main, args.checkpoint, args.data_dir, args.out, args.volumes,
+                       args.methods, args.site, args.batch_size)
         print(_table([{k: v for k, v in row.items() if k != "machine"} for row in result]))
     elif args.command == "sweep":
         result = sweep(args.checkpoint, args.data_dir, args.batch_size, args.b2, args.alpha,

@@ -166,8 +166,8 @@ def _evaluation(checkpoint: str, data_dir: str | None):
     return flow, manifest
 
 
-def study(checkpoint: str, data_dir: str | None, out: str, volumes: int, methods: list[str],
-          site: str, batch: int) -> list[dict]:
+def study(harmonize_main, checkpoint: str, data_dir: str | None, out: str, volumes: int,
+          methods: list[str], site: str, batch: int) -> list[dict]:
     """End to end, as a user runs it: `harmonize.py` over a study of `volumes` scans of
     one site (the built-in test subjects of `site`, copied under new names until there
     are `volumes`), once per method, each into its own folder. Per method: the run's
@@ -175,8 +175,9 @@ def study(checkpoint: str, data_dir: str | None, out: str, volumes: int, methods
     curve fit, harmonizing (summed over the volumes' reports; compiling included),
     building report.html, and the rest (loading the prior, waiting for the first scans
     and the last writes); in the background threads, overlapped with the main one,
-    loading the scans (to the prior's grid) and writing the outputs."""
-    from bh_jax.cli import harmonize as cli
+    loading the scans (to the prior's grid) and writing the outputs.
+    `harmonize_main`: harmonize.py's `main(argv)` (the command lines sit above this
+    layer and pass it in)."""
     from bh_jax.harmonize.report import build_report
 
     _, manifest = _evaluation(checkpoint, data_dir)
@@ -197,7 +198,7 @@ def study(checkpoint: str, data_dir: str | None, out: str, volumes: int, methods
         target = Path(out, method)
         _stage(f"{method}: {volumes} volumes -> {target}")
         start = time.perf_counter()
-        code = cli.main([str(scans), "--mask-dir", str(masks), "--output-dir", str(target),
+        code = harmonize_main([str(scans), "--mask-dir", str(masks), "--output-dir", str(target),
                          "--method", method, "--checkpoint", checkpoint, "--batch-size",
                          str(batch), "--overwrite", "--no-progress", "--no-report"])
         report_start = time.perf_counter()
