@@ -90,7 +90,7 @@ def test_calibration_grid_covers_every_combination():
 
 def test_bench_study_runs_harmonize_end_to_end_and_splits_its_time(trained, tiny_phantom,
                                                                    tmp_path, capsys):
-    """Three scans from two test subjects (copied under new names): each is harmonized
+    """Three scans from the two test subjects (copied under new names): each is harmonized
     and counted, and the main thread's parts of the time add up to less than the run's."""
     workdir, _, _ = trained
     folder, _ = tiny_phantom
