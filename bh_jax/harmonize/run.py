@@ -389,20 +389,22 @@ def run_jobs(jobs: list[Job], method: VolumeMethod, output_scale: str = "input",
         writes.clear()
 
     loader, writer = ThreadPoolExecutor(1, "bh-load"), ThreadPoolExecutor(1, "bh-write")
-    load = [[loader.submit(_load, job, method, mask_dir) for job in chunks[0]]] if chunks else []
+
+    def start_loading(index: int) -> list[Future]:
+        return [loader.submit(_load, job, method, mask_dir)
+                for job in (chunks[index] if index < len(chunks) else [])]
+
+    pending = start_loading(0)
     try:
         for index in range(len(chunks)):
-            if index + 1 < len(chunks):
-                load.append([loader.submit(_load, job, method, mask_dir)
-                             for job in chunks[index + 1]])
+            current, pending = pending, start_loading(index + 1)
             loaded = []
-            for job, future in zip(chunks[index], load[index]):
+            for job, future in zip(chunks[index], current):
                 scan, load_s = future.result()
                 if isinstance(scan, str):
                     failures.append((job.input, scan))
                 else:
                     loaded.append((job, scan, load_s))
-            load[index] = []  # the scans are in `loaded` until written
             slices_loaded += sum(len(s.prepared.slices) for _, s, _ in loaded)
             subjects_loaded += len(loaded)
             bar.total = estimated_slices(slices_loaded, subjects_loaded,
