@@ -66,6 +66,11 @@ MAX_BRAIN_OUTSIDE_WINDOW = 0.01
 # Clearly negative voxels a volume may have (`preprocess.negative_fraction`);
 # the built-in data sets have none.
 MAX_NEGATIVE_FRACTION = 0.01
+# Largest automatic mask taken for a brain, in litres. Adult brains with cerebellum and
+# brainstem are at most about 1.9 L (the built-in phantom's 1.7 L, real skull-stripped
+# T1 scans about 1.5 L); the automatic mask of a whole head is more (a defaced 1 mm
+# head: 2.8 L), and fitting a brain prior to skull and scalp saturates the white matter.
+MAX_AUTOMATIC_MASK_LITRES = 2.3
 
 
 @dataclass
@@ -104,7 +109,8 @@ def load_scan(path: str | os.PathLike, config: DataConfig, voxel_mm: float | Non
 
     Raises:
       BadInputError (one line naming the file): unreadable, not 3D, bad geometry,
-        NaN/Inf, signed or constant intensities, an empty or mismatched mask, no
+        NaN/Inf, signed or constant intensities, an empty or mismatched mask, an
+        automatic mask larger than a brain (a whole head without a mask), no
         slice with enough brain, or a brain too large for the slice window.
     """
     path = Path(path)
@@ -114,11 +120,8 @@ def load_scan(path: str | os.PathLike, config: DataConfig, voxel_mm: float | Non
         raise BadInputError(path, f"{negative:.0%} of the non-zero voxels are negative: "
                                   "expected MR magnitudes with a zero background, not "
                                   "z-scored or mean-centred intensities")
-    mask = load_mask(mask_path, volume) if mask_path else auto_brain_mask(volume.data)
+    mask = load_mask(mask_path, volume) if mask_path else _automatic_mask(path, volume)
     inside = volume.data[mask]
-    if inside.size == 0:
-        raise BadInputError(path, "the automatic brain mask is empty (is the volume "
-                                  "skull-stripped? give a mask with --mask-dir)")
     if np.ptp(inside) <= 1e-6 * max(float(np.abs(inside).max()), 1e-30):
         raise BadInputError(path, f"the brain is constant (every voxel is {inside[0]:g}): "
                                   "nothing to harmonize")
@@ -139,6 +142,20 @@ def load_scan(path: str | os.PathLike, config: DataConfig, voxel_mm: float | Non
                                   f"slices of at least {needed[0]}x{needed[1]}")
     return Scan(path, volume, mask, prepared, record, str(mask_path) if mask_path else
                 "automatic")
+
+
+def _automatic_mask(path: Path, volume: Volume) -> np.ndarray:
+    """`auto_brain_mask`, refused when empty or larger than a brain (a whole head)."""
+    mask = auto_brain_mask(volume.data)
+    if not mask.any():
+        raise BadInputError(path, "the automatic brain mask is empty (is the volume "
+                                  "skull-stripped? give a mask with --mask-dir)")
+    litres = float(mask.sum() * np.prod(volume.voxel_mm)) / 1e6
+    if litres > MAX_AUTOMATIC_MASK_LITRES:
+        raise BadInputError(path, f"the automatic brain mask covers {litres:.1f} L, more than "
+                                  f"a brain ({MAX_AUTOMATIC_MASK_LITRES} L at most): a whole "
+                                  "head? give brain masks with --mask-dir")
+    return mask
 
 
 def scan_of(prepared: PreparedVolume, mask_source: str) -> Scan:

@@ -156,3 +156,32 @@ def test_constant_volume_says_so(tmp_path):
     with pytest.raises(BadInputError, match=r"flat.nii.gz: the brain is constant \(every "
                                             r"voxel is 7\): nothing to harmonize$"):
         load_scan(path, DataConfig(height=16, width=16), None)
+
+
+def test_whole_head_without_a_mask_is_refused_with_one_it_is_harmonized(tmp_path):
+    import nibabel as nib
+    import pytest
+
+    from bh_jax.inputs import MAX_AUTOMATIC_MASK_LITRES, load_prepared
+    from bh_jax.io import BadInputError
+
+    # A "head" at 4 mm: brain (r < 0.5) inside a bright scalp shell; the automatic
+    # mask takes all of it (r < 0.8), an ellipsoid of 0.8 x (128, 128, 96) mm semi-axes.
+    data, radius = sphere_with_ventricle((64, 64, 48))
+    data[(radius > 0.6) & (radius < 0.8)] = 300.0
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    head = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), str(head))
+    litres = np.count_nonzero(radius < 0.8) * 64 / 1e6
+    assert litres > MAX_AUTOMATIC_MASK_LITRES
+    config = DataConfig(height=64, width=64)
+    with pytest.raises(BadInputError, match=rf"the automatic brain mask covers {litres:.1f} L, "
+                                            r"more than a brain .*give brain masks with "
+                                            r"--mask-dir$") as info:
+        load_prepared(head, config)
+    assert str(info.value).startswith(str(head))
+
+    mask = tmp_path / "head_mask.nii.gz"
+    nib.save(nib.Nifti1Image((radius < 0.5).astype(np.uint8), affine), str(mask))
+    prepared = load_prepared(head, config, mask)
+    assert len(prepared.slices) > 0 and prepared.mask.sum() == np.count_nonzero(radius < 0.5)
