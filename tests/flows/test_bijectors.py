@@ -90,6 +90,30 @@ def test_whole_flow_round_trip_and_log_det(kind):
     assert float(jnp.max(jnp.abs(model.encode(params, model.decode(params, z)) - z))) < 1e-4
 
 
+def test_batches_go_through_in_chunks_on_the_cpu_with_the_same_values(monkeypatch):
+    from bh_jax.flows import model as model_module
+
+    model = FlowModel(FlowConfig(levels=2, steps=2, hidden=8), 8, 8)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 3, 8, 8, 1))  # 6 images, 2 lead axes
+    params = _perturb(jax.jit(model.init)(jax.random.PRNGKey(1), x[0]), jax.random.PRNGKey(2),
+                      0.05)
+    z = jax.random.normal(jax.random.PRNGKey(3), (2, 3, 64))
+
+    def everything():  # traced anew on each call: the chunk size is read when tracing
+        return jax.jit(lambda p, v, w: (
+            model.log_prob(p, v), model.encode(p, v), model.decode(p, w)))(params, x, z)
+
+    assert model.chunk_size(6) == 6
+    whole = everything()
+    per_image = 4 * 4 * 4 * 8  # the finest level's activations: 4 x 4 pixels x 8 hidden
+    monkeypatch.setattr(model_module, "CPU_CHUNK_BYTES", 4 * per_image)
+    assert [model.chunk_size(n) for n in (6, 8, 7, 3)] == [3, 4, 1, 3]
+    assert "while" in jax.jit(model.encode).lower(params, x).as_text()  # the chunks: a loop
+    for a, b in zip(whole, everything()):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)  # float32, another fusion
+
+
 def test_actnorm_init_normalises_batch():
     x = 3.0 + 2.0 * _x()
     y = ActNorm(init_actnorm(x)).forward(x)
