@@ -39,6 +39,7 @@ from nibabel import processing
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from bh_jax import metrics  # noqa: E402
 from bh_jax.io import load_mask, load_volume  # noqa: E402
 from bh_jax.preprocess import auto_brain_mask  # noqa: E402
 
@@ -51,7 +52,8 @@ def sha256(path: Path) -> str:
 
 
 def stage(name: str, image: Path, mask: Path | None, out: Path) -> tuple[Path, Path | None]:
-    """Copies a scan (and its mask as a 0/1 volume) under OUT/NAME/ for harmonize.py."""
+    """Copies a scan (and its mask, a label map taken as it is) under OUT/NAME/ for
+    harmonize.py, named as its --mask-dir matches them."""
     folder = out / name
     (folder / "scans").mkdir(parents=True, exist_ok=True)
     scan = folder / "scans" / f"{name}.nii.gz"
@@ -59,10 +61,8 @@ def stage(name: str, image: Path, mask: Path | None, out: Path) -> tuple[Path, P
     if mask is None:
         return scan, None
     (folder / "masks").mkdir(exist_ok=True)
-    labels = nib.load(str(mask))
-    binary = (np.asarray(labels.dataobj) > 0).astype(np.uint8)
     staged = folder / "masks" / f"{name}_mask.nii.gz"
-    nib.save(nib.Nifti1Image(binary, labels.affine, labels.header), str(staged))
+    shutil.copyfile(mask, staged)
     return scan, staged
 
 
@@ -136,11 +136,6 @@ def anisotropic(scan: Path, mask: Path | None, out: Path) -> tuple[Path, Path | 
     return aniso, aniso_mask
 
 
-def psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float:
-    mse = float(np.mean((a - b) ** 2))
-    return 10 * np.log10(peak**2 / max(mse, 1e-12))
-
-
 def compare_aniso(iso_output: Path, aniso_scan: Path, aniso_output: Path,
                   aniso_mask: Path | None) -> dict:
     """The anisotropic scan's result against the isotropic result on the same grid."""
@@ -155,8 +150,8 @@ def compare_aniso(iso_output: Path, aniso_scan: Path, aniso_output: Path,
     harmonized = target.get_fdata(dtype=np.float32)[inside]
     source = nib.load(str(aniso_scan)).get_fdata(dtype=np.float32)[inside]
     peak = float(np.percentile(reference, 99.5))
-    return {"psnr_aniso_vs_iso_db": psnr(harmonized, reference, peak),
-            "psnr_source_vs_iso_db": psnr(source, reference, peak),
+    return {"psnr_aniso_vs_iso_db": float(metrics.psnr(harmonized, reference, data_range=peak)),
+            "psnr_source_vs_iso_db": float(metrics.psnr(source, reference, data_range=peak)),
             "brain_voxels": int(inside.sum())}
 
 
