@@ -173,6 +173,9 @@ def _run(args) -> int:
         print(_table(result["sites"]))
         print("\nThe truth with its contrast scaled (1 = as acquired):")
         print(_table(result["contrast"]))
+        print("\nSamples against real validation slices: mean SSIM with the nearest "
+              "training slice:")
+        print(_table(result["realism"]))
         print("\nThe target's own validation images calibrated (the right curve is the "
               "identity: values = knots):")
         print(_table(result["calibration"]))

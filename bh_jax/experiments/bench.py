@@ -47,7 +47,7 @@ from bh_jax.harmonize.settings import (
 )
 from bh_jax.training.checkpoint import load_flow
 from bh_jax.training.input_pipeline import SliceSet
-from bh_jax.training.qc import contrast_check
+from bh_jax.training.qc import contrast_check, sample_realism
 from bh_jax.training.state import make_optimizer, make_train_step
 
 
@@ -300,7 +300,8 @@ def prior(checkpoint: str, data_dir: str | None, batch: int, slice_stride: int =
           ) -> dict[str, list[dict]]:
     """The prior on the VALIDATION subjects: truth vs HM vs Source vs the oracle
     affine map (`evaluate.prior_check`), and its preferred contrast
-    (`evaluate.contrast_check`), and whether the intensity calibration leaves
+    (`evaluate.contrast_check`), how realistic its samples are
+    (`qc.sample_realism`), and whether the intensity calibration leaves
     the target's own images alone (`evaluate.calibration_check`)."""
     flow, manifest = _evaluation(checkpoint, data_dir)
     results = prior_check(flow, manifest, SWEEP_SITES, "val", slice_stride, batch)
@@ -314,5 +315,8 @@ def prior(checkpoint: str, data_dir: str | None, batch: int, slice_stride: int =
                                     target_volumes(manifest, flow.config.data, "val")])
     contrast = contrast_check(flow.model, flow.params, target.slices, target.masks,
                               batch_size=batch)
-    return {"sites": sites, "contrast": contrast,
+    # The same 16 training subjects' slices for every prior, however many it saw.
+    training = SliceSet.from_volumes(target_volumes(manifest, flow.config.data, "train"))
+    realism = sample_realism(flow.model, flow.params, training.slices, target.slices)
+    return {"sites": sites, "contrast": contrast, "realism": [realism],
             "calibration": calibration_check(flow, manifest, "val", slice_stride)}

@@ -1,8 +1,10 @@
-"""The prior's QC: bits/dim and z^2 slice by slice, the contrast check run after training."""
+"""The prior's QC: bits/dim and z^2 slice by slice, the contrast check run after training,
+the realism of its samples."""
 
 import jax
 import numpy as np
 import pytest
+from skimage.metrics import structural_similarity
 
 from bh_jax.data.manifest import prepare_entry, target_volumes
 from bh_jax.training.checkpoint import load_flow
@@ -10,8 +12,10 @@ from bh_jax.training.input_pipeline import SliceSet
 from bh_jax.training.qc import (
     CONTRASTS,
     contrast_check,
+    nearest_ssim,
     preferred_contrast,
     prior_scores,
+    sample_realism,
     scale_contrast,
 )
 
@@ -70,3 +74,34 @@ def test_contrast_check_scores_the_scaled_slices(trained, tiny_phantom):
     best = min(metrics["contrast_check"], key=lambda r: r["bpd"])["contrast"]
     assert f"at {best:g}x their own contrast by bits/dim" in preferred_contrast(
         metrics["contrast_check"])
+
+
+def test_nearest_ssim_is_the_best_of_scikit_image_ssims(tiny_slices):
+    train = tiny_slices[0].slices[:9]
+    images = np.concatenate([train[:2], np.clip(train[2:5] + 0.2, 0, 1)])  # 5: not 4k
+    best = nearest_ssim(images, train, batch_size=4)
+    # Independent: scikit-image's Gaussian SSIM over the slice minus its border (metrics.ssim).
+    border = 5
+    expected = [max(structural_similarity(x, r, data_range=1.0, gaussian_weights=True,
+                                          sigma=1.5, use_sample_covariance=False,
+                                          full=True)[1][border:-border, border:-border].mean()
+                    for r in train) for x in images]
+    np.testing.assert_allclose(best, expected, atol=2e-4)
+    np.testing.assert_allclose(best[:2], 1.0, atol=1e-5)  # an image's nearest is itself
+    with pytest.raises(ValueError, match="no images"):
+        nearest_ssim(images[:0], train)
+
+
+def test_sample_realism_compares_samples_with_real_slices(trained, tiny_slices):
+    workdir, _, _ = trained
+    flow = load_flow(workdir)
+    train, val = tiny_slices[0].slices, tiny_slices[1].slices
+    result = sample_realism(flow.model, flow.params, train, val, samples=6)
+    assert result["count"] == 6 and result["temperature"] == 0.7
+    assert 0 < result["samples"] < result["real"] <= 1  # a 200-step prior draws blobs
+    assert result["ratio"] == pytest.approx(result["samples"] / result["real"])
+    again = sample_realism(flow.model, flow.params, train, val, samples=6)
+    assert again == result  # a fixed seed reproduces
+    # Real slices that are training slices are their own nearest: SSIM 1.
+    assert sample_realism(flow.model, flow.params, train, train[:6],
+                          samples=6)["real"] == pytest.approx(1.0, abs=1e-5)
