@@ -99,18 +99,35 @@ def noise_contrast_ratio(slices: np.ndarray, masks: np.ndarray,
     return float(noise / max(high - low, 1e-12))
 
 
-def smooth_in_mask(slices: np.ndarray, masks: np.ndarray, sigma: float) -> np.ndarray:
-    """[N, H, W] slices Gaussian-smoothed in-plane (std `sigma` pixels) inside their
-    masks only (normalised convolution: no dark rim from the background), zero
-    outside. sigma <= 0 returns them unchanged."""
+def smooth_in_mask(slices: np.ndarray, masks: np.ndarray,
+                   sigma: float | tuple[float, float]) -> np.ndarray:
+    """[N, H, W] slices Gaussian-smoothed in-plane (std `sigma` pixels, or one per
+    in-plane axis) inside their masks only (normalised convolution: no dark rim
+    from the background), zero outside. sigma <= 0 returns them unchanged."""
     slices = np.asarray(slices, np.float32)
-    if sigma <= 0:
+    if np.all(np.asarray(sigma) <= 0):
         return slices
     masks = np.asarray(masks, bool)
     inside = np.where(masks, slices, 0.0)
     blurred = np.stack([ndimage.gaussian_filter(x, sigma) for x in inside])
     weight = np.stack([ndimage.gaussian_filter(m.astype(np.float32), sigma) for m in masks])
     return np.where(masks, blurred / np.maximum(weight, 1e-6), 0.0).astype(np.float32)
+
+
+def smooth_volume_in_plane(data: np.ndarray, mask: np.ndarray, sigma_mm: float,
+                           pixel_mm: tuple[float, float]) -> np.ndarray:
+    """A canonical [X, Y, Z] volume smoothed in its axial planes inside `mask` only
+    (`smooth_in_mask`, std `sigma_mm` in millimetres on pixels of `pixel_mm`), the
+    volume unchanged outside it: the step `match_noise` takes on a prepared volume's
+    slices, on any grid."""
+    sigma = tuple(sigma_mm / max(float(size), 1e-6) for size in pixel_mm)
+    smoothed = smooth_in_mask(np.moveaxis(data, 2, 0), np.moveaxis(mask, 2, 0), sigma)
+    return np.where(mask, np.moveaxis(smoothed, 0, 2), data).astype(np.float32)
+
+
+def in_plane_mm(affine: np.ndarray) -> tuple[float, float]:
+    """The pixel size (mm) along a canonical affine's first two axes."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :2], axis=0))
 
 
 def match_noise(slices: np.ndarray, masks: np.ndarray, target_ratio: float,

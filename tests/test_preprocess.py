@@ -5,8 +5,10 @@ from bh_jax.io import Volume
 from bh_jax.preprocess import (
     IntensityScale,
     auto_brain_mask,
+    in_plane_mm,
     prepare_volume,
     reassemble,
+    smooth_volume_in_plane,
 )
 
 
@@ -185,3 +187,26 @@ def test_whole_head_without_a_mask_is_refused_with_one_it_is_harmonized(tmp_path
     nib.save(nib.Nifti1Image((radius < 0.5).astype(np.uint8), affine), str(mask))
     prepared = load_prepared(head, config, mask)
     assert len(prepared.slices) > 0 and prepared.mask.sum() == np.count_nonzero(radius < 0.5)
+
+
+def test_in_plane_smoothing_keeps_constants_follows_the_pixel_size_and_spares_the_outside():
+    """A constant brain stays constant (normalised convolution: no dark rim), the
+    outside is untouched, and a point spreads by sigma_mm / pixel size per axis:
+    its second moments along x and y, on pixels of 1 and 2 mm, are 4:1 in pixels."""
+    mask = np.zeros((41, 41, 3), bool)
+    mask[5:36, 5:36] = True
+    data = np.where(mask, 7.0, 3.0).astype(np.float32)
+    smoothed = smooth_volume_in_plane(data, mask, 2.0, (1.0, 2.0))
+    np.testing.assert_allclose(smoothed, data, rtol=1e-5)
+    point = np.where(mask, 0.0, 3.0).astype(np.float32)
+    point[20, 20, 1] = 1.0
+    spread = smooth_volume_in_plane(point, mask, 2.0, (1.0, 2.0))
+    assert not spread[mask[..., 0], 0].any() and not spread[mask[..., 2], 2].any()
+    assert np.all(spread[~mask] == 3.0)
+    plane = spread[..., 1] * mask[..., 1]
+    offsets = np.arange(41) - 20
+    var_x = (plane.sum(1) * offsets**2).sum() / plane.sum()
+    var_y = (plane.sum(0) * offsets**2).sum() / plane.sum()
+    np.testing.assert_allclose([var_x, var_y], [4.0, 1.0], rtol=0.02)
+    affine = np.diag([1.0, 2.0, 3.0, 1.0])
+    assert in_plane_mm(affine) == (1.0, 2.0)

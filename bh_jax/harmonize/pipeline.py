@@ -28,7 +28,7 @@ from bh_jax.harmonize.transform import (
     fit_transform,
     monotone_knots,
 )
-from bh_jax.preprocess import PreparedVolume, match_noise
+from bh_jax.preprocess import PreparedVolume, in_plane_mm, match_noise, smooth_in_mask
 from bh_jax.reference import TargetReference
 
 METHODS = ("blindharmony", "hm", "nyul", "ssimh")
@@ -160,8 +160,10 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
         else:
             field = BiasField(coefficients, *field_frame(prepared)[1:])
     notes["fitted"] = site.final.fitted
+    smoothing_mm = (smoothing * float(np.mean(in_plane_mm(prepared.volume.canonical_affine)))
+                    if config.smooth_output else 0.0)
     transform = IntensityTransform(site.final.knots, site.final.values, field=field,
-                                   kind="curve")
+                                   kind="curve", smoothing_mm=smoothing_mm)
     return safety_net(calibrator, prepared, slices, transform, reference, notes,
                       config.fallback)
 
@@ -203,10 +205,15 @@ def safety_net(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndar
 
 
 def transformed_slices(prepared: PreparedVolume, transform: IntensityTransform) -> np.ndarray:
-    """[N, H, W] the volume's slices through its transform; zero background."""
+    """[N, H, W] the volume's slices through its transform (smoothing included);
+    zero background."""
     world = prepared.world_positions() if transform.field is not None else None
-    return np.where(prepared.slice_masks, transform(prepared.slices, world),
-                    0.0).astype(np.float32)
+    slices = prepared.slices
+    if transform.smoothing_mm > 0:
+        pixel_mm = in_plane_mm(prepared.volume.canonical_affine)
+        slices = smooth_in_mask(slices, prepared.slice_masks,
+                                tuple(transform.smoothing_mm / size for size in pixel_mm))
+    return np.where(prepared.slice_masks, transform(slices, world), 0.0).astype(np.float32)
 
 
 def curve_fit_status(done: int, total: int, seconds: float, first: float) -> str:

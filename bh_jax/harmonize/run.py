@@ -27,7 +27,7 @@ from bh_jax.harmonize.methods import VolumeMethod
 from bh_jax.harmonize.pipeline import HarmonizedVolume, SiteCurve
 from bh_jax.inputs import Scan, load_scan, mask_for
 from bh_jax.io import BadInputError, save_like, strip_nifti_suffix, write_json_atomic
-from bh_jax.preprocess import reassemble
+from bh_jax.preprocess import in_plane_mm, reassemble, smooth_volume_in_plane
 from bh_jax.version import code_version
 
 OUTPUT_SUFFIX = "_harmonized"
@@ -267,7 +267,11 @@ def native_output(scan: Scan, result: HarmonizedVolume, output_scale: str = "inp
     affine = native.canonical_affine
     world = (voxels @ affine[:3, :3].T + affine[:3, 3]
              if result.transform.field is not None else None)
-    mapped = result.transform(native.data[scan.native_mask] / high, world)
+    source = native.data
+    if result.transform.smoothing_mm > 0:
+        source = smooth_volume_in_plane(source, scan.native_mask,
+                                        result.transform.smoothing_mm, in_plane_mm(affine))
+    mapped = result.transform(source[scan.native_mask] / high, world)
     if output_scale == "input":
         out = native.data.copy()
         out[scan.native_mask] = mapped * high

@@ -60,6 +60,10 @@ class IntensityTransform:
         holding the end values.
       field: divide the source by this field before the curve (None: no field).
       kind: where it came from ('curve', 'hm', 'nyul', 'fitted'), for the report.
+      smoothing_mm: the source is first smoothed in the brain, in its axial planes,
+        by a Gaussian of this std in mm (the site model's noise matching); 0: not.
+        It needs whole images, so `__call__` (voxel by voxel) does not apply it:
+        `pipeline.transformed_slices` and `run.native_output` do.
     """
 
     knots: np.ndarray
@@ -67,6 +71,7 @@ class IntensityTransform:
     extrapolate: bool = False
     field: BiasField | None = None
     kind: str = "curve"
+    smoothing_mm: float = 0.0
 
     def __call__(self, unit: np.ndarray, world: np.ndarray | None = None) -> np.ndarray:
         """float32 harmonized intensities in [0, 1] of `unit` intensities [...] at
@@ -88,7 +93,8 @@ class IntensityTransform:
     def as_dict(self) -> dict:
         return {"kind": self.kind, "source": np.asarray(self.knots).tolist(),
                 "target": np.asarray(self.values).tolist(), "extrapolate": self.extrapolate,
-                "field": self.field.as_dict() if self.field is not None else None}
+                "field": self.field.as_dict() if self.field is not None else None,
+                "smoothing_mm": self.smoothing_mm}
 
 
 def monotone_knots(knots: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

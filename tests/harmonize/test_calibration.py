@@ -1,6 +1,7 @@
 """Intensity calibration: the change-of-variables likelihood, the curve fit, one compile."""
 
 import math
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,12 @@ from bh_jax.harmonize.pipeline import (
 )
 from bh_jax.harmonize.settings import CalibrationConfig
 from bh_jax.harmonize.transform import IntensityTransform
+from bh_jax.preprocess import (
+    in_plane_mm,
+    noise_contrast_ratio,
+    smooth_volume_in_plane,
+    window_slices,
+)
 
 
 class _Bar:
@@ -160,7 +167,7 @@ def test_a_field_is_fitted_per_volume_and_the_curve_refitted(flow, volumes):
     held curve (its loss falls), a larger penalty gives smaller coefficients, and the
     result is the refitted curve after the volume's field."""
     config = CalibrationConfig(steps=2, pool=8, field_steps=2, field_penalty=0.0,
-                               fallback=False)
+                               fallback=False, smooth_output=False)
     calibrator = Calibrator(flow.model, flow.params, config, devices=jax.devices()[:1])
     volume = volumes[0]
     curve, _ = calibrator.curve(volume.slices, volume.slice_masks, flow.reference)
@@ -340,3 +347,47 @@ def test_curve_fit_status_gives_the_time_left():
     # The pace of the fits after the first: (420 - 200) s / 1 fit, 13 left.
     assert curve_fit_status(2, 15, 420.0, 200.0) == "intensity curve 3/15, about 48 min left"
     assert curve_fit_status(3, 4, 30.0, 20.0) == "intensity curve 4/4, about 5 s left"
+
+
+def test_a_noisy_volume_is_mapped_smoothed_to_the_target_noise(flow, volumes):
+    """With `smooth_output`, a volume noisier than the target comes out smoothed by the
+    same amount as the copy its curve was fitted on (its noise ratio near the
+    target's); without, only the fit sees the smoothed copy. The same transform on
+    the volume's own voxels (what `run.native_output` does) gives the same slices."""
+    volume = volumes[0]
+    rng = np.random.default_rng(0)
+    noisy = replace(volume, slices=np.clip(volume.slices + rng.normal(
+        0, 0.06, volume.slices.shape), 0, 1).astype(np.float32) * volume.slice_masks)
+    results = {}
+    for smooth in (True, False):
+        config = CalibrationConfig(steps=2, pool=8, field_penalty=None, shared=False,
+                                   fallback=False, smooth_output=smooth)
+        harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(
+            solver="curve", init="calibrated", calibration=config), batch_size=8,
+            devices=jax.devices()[:1])
+        results[smooth] = harmonize_volumes(harmonizer, [noisy], flow.reference)[0]
+    pixel_mm = float(np.mean(in_plane_mm(volume.volume.canonical_affine)))
+    smoothed, kept = results[True], results[False]
+    assert kept.transform.smoothing_mm == 0.0
+    assert smoothed.notes["noise_smoothing_px"] > 0
+    assert smoothed.transform.smoothing_mm == pytest.approx(
+        smoothed.notes["noise_smoothing_px"] * pixel_mm)
+    np.testing.assert_allclose(smoothed.slices, transformed_slices(noisy, smoothed.transform),
+                               atol=1e-6)
+    masks = volume.slice_masks
+    target = float(flow.reference.noise_ratio)
+    ratio = noise_contrast_ratio(smoothed.slices, masks)
+    assert ratio < 0.8 * noise_contrast_ratio(kept.slices, masks)
+    assert abs(ratio - target) < 0.25 * target
+
+    # On the volume's own grid: smooth the canonical volume, then map every voxel.
+    transform = replace(smoothed.transform, kind="curve")
+    unit = volume.scale.normalize(volume.volume.data) * volume.mask
+    native = smooth_volume_in_plane(unit, volume.mask, transform.smoothing_mm,
+                                    in_plane_mm(volume.volume.canonical_affine))
+    on_voxels = window_slices(volume, np.where(volume.mask, transform(native), 0.0))
+    # Away from the slice window's edge, where the tiny brain is cut and the
+    # slices' smoothing misses the neighbours beyond it.
+    inner = (slice(None), slice(4, -4), slice(4, -4))
+    np.testing.assert_allclose(on_voxels[inner], transformed_slices(volume, transform)[inner],
+                               atol=1e-5)
