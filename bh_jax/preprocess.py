@@ -120,9 +120,14 @@ def smooth_volume_in_plane(data: np.ndarray, mask: np.ndarray, sigma_mm: float,
     (`smooth_in_mask`, std `sigma_mm` in millimetres on pixels of `pixel_mm`), the
     volume unchanged outside it: the step `match_noise` takes on a prepared volume's
     slices, on any grid."""
-    sigma = tuple(sigma_mm / max(float(size), 1e-6) for size in pixel_mm)
-    smoothed = smooth_in_mask(np.moveaxis(data, 2, 0), np.moveaxis(mask, 2, 0), sigma)
+    smoothed = smooth_in_mask(np.moveaxis(data, 2, 0), np.moveaxis(mask, 2, 0),
+                              sigma_in_pixels(sigma_mm, pixel_mm))
     return np.where(mask, np.moveaxis(smoothed, 0, 2), data).astype(np.float32)
+
+
+def sigma_in_pixels(sigma_mm: float, pixel_mm: tuple[float, float]) -> tuple[float, float]:
+    """A Gaussian's std in mm as its std in pixels along each in-plane axis."""
+    return tuple(sigma_mm / max(float(size), 1e-6) for size in pixel_mm)
 
 
 def in_plane_mm(affine: np.ndarray) -> tuple[float, float]:

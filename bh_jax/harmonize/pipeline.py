@@ -28,7 +28,13 @@ from bh_jax.harmonize.transform import (
     fit_transform,
     monotone_knots,
 )
-from bh_jax.preprocess import PreparedVolume, in_plane_mm, match_noise, smooth_in_mask
+from bh_jax.preprocess import (
+    PreparedVolume,
+    in_plane_mm,
+    match_noise,
+    sigma_in_pixels,
+    smooth_in_mask,
+)
 from bh_jax.reference import TargetReference
 
 METHODS = ("blindharmony", "hm", "nyul", "ssimh")
@@ -212,7 +218,7 @@ def transformed_slices(prepared: PreparedVolume, transform: IntensityTransform) 
     if transform.smoothing_mm > 0:
         pixel_mm = in_plane_mm(prepared.volume.canonical_affine)
         slices = smooth_in_mask(slices, prepared.slice_masks,
-                                tuple(transform.smoothing_mm / size for size in pixel_mm))
+                                sigma_in_pixels(transform.smoothing_mm, pixel_mm))
     return np.where(prepared.slice_masks, transform(slices, world), 0.0).astype(np.float32)
 
 
