@@ -80,7 +80,7 @@ def _random_model(preset: str, batch: int):
     config = get_preset(preset)
     model = FlowModel(config.flow, config.data.height, config.data.width)
     x = jax.random.uniform(jax.random.PRNGKey(0), (batch, *model.image_shape))
-    params = jax.jit(model.init)(jax.random.PRNGKey(1), x)
+    params = model.init(jax.random.PRNGKey(1), x)
     return config, model, params, x
 
 

@@ -8,11 +8,14 @@ after every level but the last, half the channels are factored out
 f^-1(z) are plain array operations for the harmonizer.
 
 Every method is a pure function of (params, inputs): jit-, grad- and
-vmap-able. The model object only holds static configuration.
+vmap-able. The model object only holds static configuration; `init`,
+`log_prob`, `encode`, `decode` and `sample` are jitted (with the model static),
+since run eagerly their many small operations each compile on their own.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -72,6 +75,7 @@ class FlowModel:
 
     # ------------------------------------------------------------------ build
 
+    @functools.partial(jax.jit, static_argnums=0)
     def init(self, key: jax.Array, x: jnp.ndarray) -> dict:
         """Parameters, with ActNorm initialised from the batch x [B, H, W, 1] in [0, 1]."""
         cfg = self.config
@@ -117,6 +121,7 @@ class FlowModel:
 
     # -------------------------------------------------------------- densities
 
+    @functools.partial(jax.jit, static_argnums=0)
     def log_prob(self, params: dict, x: jnp.ndarray) -> jnp.ndarray:
         """Log density [B] of continuous images x [B, H, W, 1] (nats)."""
         def one_chunk(images):
@@ -142,11 +147,13 @@ class FlowModel:
 
     # ---------------------------------------------------------- latent access
 
+    @functools.partial(jax.jit, static_argnums=0)
     def encode(self, params: dict, x: jnp.ndarray) -> jnp.ndarray:
         """z = f(x): images [..., H, W, 1] in [0, 1] -> latents [..., H*W]."""
         z = self._in_chunks(lambda images: self.bijector(params).forward(images - 0.5), x, 3)
         return z.reshape(*z.shape[:-3], self.latent_size)
 
+    @functools.partial(jax.jit, static_argnums=0)
     def decode(self, params: dict, z: jnp.ndarray) -> jnp.ndarray:
         """x = f^-1(z): latents [..., H*W] -> images [..., H, W, 1]."""
         z = z.reshape(*z.shape[:-1], *self.image_shape)
@@ -176,6 +183,7 @@ class FlowModel:
         out = lax.platform_dependent(chunks, cpu=lambda c: lax.map(fn, c), default=whole)
         return out.reshape(*lead, *out.shape[2:])
 
+    @functools.partial(jax.jit, static_argnums=(0, 3))
     def sample(self, params: dict, key: jax.Array, n: int,
                temperature: float = 1.0) -> jnp.ndarray:
         """n images [n, H, W, 1] decoded from z ~ N(0, temperature^2 I)."""

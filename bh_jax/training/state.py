@@ -33,7 +33,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 def create_state(model: FlowModel, config: TrainConfig, key: jax.Array,
                  init_batch: jnp.ndarray) -> dict:
     """A fresh train state; ActNorm is initialised from `init_batch` [B, H, W, 1]."""
-    params = jax.jit(model.init)(key, init_batch)  # eager, the many small ops are slow
+    params = model.init(key, init_batch)
     return {"params": params, "opt_state": make_optimizer(config).init(params),
             "step": jnp.zeros((), jnp.int32)}
 

@@ -37,8 +37,10 @@ def test_values_and_gradients_equal_lax(kernel_shape, padding, winograd, monkeyp
     def loss(conv):
         return lambda x, k: jnp.sum(weights * jnp.tanh(conv(x, k, padding)))
 
-    np.testing.assert_allclose(_conv(x, kernel, padding), _lax_conv(x, kernel, padding),
-                               rtol=1e-5, atol=1e-5)
+    expected = _lax_conv(x, kernel, padding)
+    # Winograd's float32 error scales with the output's magnitude, not each element's.
+    np.testing.assert_allclose(_conv(x, kernel, padding), expected, rtol=1e-5,
+                               atol=2e-6 * float(jnp.abs(expected).max()))
     ours = jax.grad(loss(_conv), (0, 1))(x, kernel)
     reference = jax.grad(loss(_lax_conv), (0, 1))(x, kernel)
     for a, b in zip(ours, reference):

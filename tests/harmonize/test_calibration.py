@@ -122,11 +122,11 @@ def test_flattening_is_penalised_by_the_log_det(flow, volumes):
 
 
 def test_calibrator_lowers_the_loss_and_compiles_once(flow, volumes):
-    calibrator = Calibrator(flow.model, flow.params, CalibrationConfig(steps=5, pool=8),
+    calibrator = Calibrator(flow.model, flow.params, CalibrationConfig(steps=2, pool=8),
                             devices=jax.devices()[:1])
     for volume in volumes[:2]:
         curve, history = calibrator.curve(volume.slices, volume.slice_masks, flow.reference)
-        assert curve.fitted and history.shape == (5,)
+        assert curve.fitted and history.shape == (2,)
         assert history[-1] < history[0]
         assert np.all(np.diff(curve.values) > 0)
         out = curve(volume.slices, volume.slice_masks)
@@ -136,7 +136,7 @@ def test_calibrator_lowers_the_loss_and_compiles_once(flow, volumes):
 
 def test_curve_solver_returns_the_calibrated_volume(flow, volumes):
     settings = SolverConfig(solver="curve", init="calibrated",
-                            calibration=CalibrationConfig(steps=5, pool=8, field_penalty=None,
+                            calibration=CalibrationConfig(steps=2, pool=8, field_penalty=None,
                                                           shared=False, fallback=False))
     # On the 8 simulated devices (1 device against 8: the sharded-fit tests below).
     for devices in (jax.devices(),):
@@ -194,7 +194,7 @@ def test_a_field_is_fitted_per_volume_and_the_curve_refitted(flow, volumes):
 
 
 def test_shared_curve_is_one_fit_on_the_volumes_together(flow, volumes):
-    config = CalibrationConfig(steps=5, pool=8, field_penalty=None, noise_matched=False,
+    config = CalibrationConfig(steps=2, pool=8, field_penalty=None, noise_matched=False,
                                fallback=False)
     calibrator = Calibrator(flow.model, flow.params, config, devices=jax.devices()[:1])
     shared, _ = calibrator.shared_curve([(v.slices, v.slice_masks) for v in volumes],
@@ -230,7 +230,7 @@ def test_shared_curve_is_one_fit_on_the_volumes_together(flow, volumes):
 def test_safety_net_falls_back_to_nyul_where_the_prior_prefers_it(flow, volumes):
     """A flattened site curve explains a volume worse than Nyul's map: the volume gets
     Nyul's map and the notes say why; its own fitted curve is kept, with both scores."""
-    config = CalibrationConfig(steps=5, pool=8, field_penalty=None, fallback=True)
+    config = CalibrationConfig(steps=2, pool=8, field_penalty=None, fallback=True)
     harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(calibration=config),
                             batch_size=8, devices=jax.devices()[:1])
     volume = volumes[0]
@@ -288,7 +288,7 @@ def test_sharded_fit_lowers_the_loss_as_much_as_the_one_device_fit(flow, volumes
     processors and between device counts."""
     volume = volumes[0]
     fits = [c.curve(volume.slices, volume.slice_masks, flow.reference)
-            for c in _calibrators(flow, CalibrationConfig(steps=5, pool=8))]
+            for c in _calibrators(flow, CalibrationConfig(steps=2, pool=8))]
     (one, one_history), (many, many_history) = fits
     assert one_history[0] == pytest.approx(many_history[0], rel=1e-6)  # the same start
     gained = one_history[0] - one_history[-1]
