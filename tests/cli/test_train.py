@@ -154,8 +154,8 @@ def test_cli_disk_full_while_checkpointing_is_one_line(tmp_path, tiny_phantom, m
                         lambda _: free._replace(free=100_000))
     folder, _ = tiny_phantom
     status = train_cli.main(["--data", "phantom", "--data-dir", str(folder), "--preset", "tiny",
-                             "--workdir", str(tmp_path / "w"), "--steps", "2",
-                             "--batch-size", "8", "--no-progress"])
+                             "--workdir", str(tmp_path / "w"), "--steps", "3",
+                             "--batch-size", "8", "--no-progress"])  # the time-limit test's
     err = capsys.readouterr().err
-    where = tmp_path / "w" / "latest" / "2"
+    where = tmp_path / "w" / "latest" / "3"
     assert status == 2 and err == f"error: {where}: no space left on device\n"
