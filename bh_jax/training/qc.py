@@ -131,9 +131,8 @@ def sample_realism(model: FlowModel, params: dict, train_slices: np.ndarray,
       {"samples", "real": mean nearest SSIM, "samples_std", "real_std",
       "ratio": samples / real, "temperature", "count"}.
     """
-    draw = jax.jit(model.sample, static_argnums=2)
-    images = np.clip(np.asarray(draw(params, jax.random.PRNGKey(seed), samples,
-                                     temperature))[..., 0], 0.0, 1.0)
+    images = np.clip(np.asarray(model.sample(params, jax.random.PRNGKey(seed), samples,
+                                             temperature))[..., 0], 0.0, 1.0)
     rng = np.random.default_rng(seed)
     real = np.asarray(val_slices)[rng.choice(len(val_slices), min(samples, len(val_slices)),
                                              replace=False)]

@@ -64,9 +64,9 @@ def save_samples_png(model: FlowModel, params: dict, path: Path, seed: int = 0,
     """A grid of samples, one row per temperature."""
     fig, axes = new_figure(len(SAMPLE_TEMPERATURES), per_row,
                            (1.6 * per_row, 1.6 * len(SAMPLE_TEMPERATURES)))
-    sample = jax.jit(model.sample, static_argnums=2)
     for row, temperature in enumerate(SAMPLE_TEMPERATURES):
-        images = np.asarray(sample(params, jax.random.PRNGKey(seed + row), per_row, temperature))
+        images = np.asarray(model.sample(params, jax.random.PRNGKey(seed + row), per_row,
+                                         temperature))
         for col in range(per_row):
             ax = axes[row, col]
             ax.imshow(np.rot90(np.clip(images[col, :, :, 0], 0, 1)), cmap="gray", vmin=0, vmax=1)

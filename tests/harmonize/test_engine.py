@@ -107,9 +107,7 @@ def test_vmapped_solver_on_random_weights_does_not_crash(flow):
     """Regression: jaxlib's CPU scheduler segfaulted here without the XLA flag that
     importing bh_jax sets (a crash takes the test's process down: a failure). The
     settings and shapes of test_latent_solver_lowers_its_objective: one compile for both."""
-    from bh_jax.flows.model import FlowModel
-
-    model = FlowModel(flow.config.flow, flow.model.height, flow.model.width)
+    model = flow.model
     x = jax.random.uniform(jax.random.PRNGKey(0), (8, *model.image_shape))
     params = model.init(jax.random.PRNGKey(1), x)
     images = np.asarray(x[..., 0])
