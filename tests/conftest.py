@@ -7,12 +7,15 @@ import contextlib
 import fcntl
 import json
 import os
+import subprocess
+import sys
 
 # Tests run on the CPU, with 8 simulated devices for the sharding tests. Compiling
 # dominates the suite (its programs are tiny and run for milliseconds), so LLVM
 # compiles them without its optimisation passes: the suite's CPU time fell by about an
-# eighth (1059 to 930 s from a clean clone, docs/development.md). XLA's own graph passes (fusion, simplification) still
-# run; the library's programs are compiled as usual everywhere else.
+# eighth (1059 to 930 s from a clean clone, docs/development.md). XLA's own graph
+# passes (fusion, simplification) still run; the library's programs are compiled as
+# usual everywhere else.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                                    "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -105,16 +108,26 @@ def tiny_slices(tiny_phantom, tiny_config):
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory, tiny_config, tiny_slices):
+def trained(tmp_path_factory, tiny_config, tiny_phantom):
     """(workdir, config, metrics) of a tiny flow trained for a few hundred steps."""
-    import jax
-
-    from bh_jax.training.train import train
-
     config = tiny_config.replace(train={"steps": 240, "eval_every": 80})
+    folder, _ = tiny_phantom
     with shared_folder(tmp_path_factory, "trained") as (workdir, build):
         if build:
-            train(config, workdir, *tiny_slices, progress=False, devices=jax.devices()[:1])
+            # train.py on one device, in its own process, compiled with LLVM's
+            # optimisation passes: the 240 steps really run (31 s, against 54 s at the
+            # tests' level 0).
+            flags = os.environ["XLA_FLAGS"].replace("--xla_backend_optimization_level=0", "")
+            flags = flags.replace("device_count=8", "device_count=1")
+            run = subprocess.run([sys.executable, "-m", "bh_jax.cli.train", "--data", "phantom",
+                                  "--data-dir", str(folder), "--preset", "tiny", "--workdir",
+                                  str(workdir), "--steps", "240", "--set", "train.eval_every=80",
+                                  "--no-progress"], capture_output=True, text=True,
+                                 env={**os.environ, "XLA_FLAGS": flags})
+            assert run.returncode == 0, run.stderr
+    from bh_jax.training.checkpoint import read_config
+
+    assert read_config(workdir) == config, "train.py trained another model than the tests expect"
     return workdir, config, json.loads((workdir / "metrics.json").read_text())
 
 
@@ -133,3 +146,24 @@ def baselines(tiny_phantom, tiny_config, tmp_path_factory):
             out[kind] = (root / kind, config,
                          json.loads((root / kind / "metrics.json").read_text()))
     return out
+
+
+@pytest.fixture
+def harmonize_cli(capsys):
+    """harmonize.py's `main` in this process, as `harmonize_cli(*args)` ->
+    CompletedProcess(returncode, stdout, stderr). A subprocess costs about 3 s of
+    imports and recompiles what this worker has compiled already; the batch test
+    and test_common's console-script test still run the real commands."""
+    from bh_jax.cli import harmonize
+
+    def run(*args) -> subprocess.CompletedProcess:
+        argv = [str(a) for a in args]
+        capsys.readouterr()
+        try:
+            code = harmonize.main(argv)
+        except SystemExit as stop:  # argparse's errors
+            code = stop.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, out, err)
+
+    return run

@@ -84,6 +84,9 @@ class StateCheckpoints:
         folder = Path(self.latest.directory)
         if shutil.disk_usage(folder).free < needed + (1 << 20):
             raise OSError(errno.ENOSPC, "No space left on device", str(folder / str(step)))
+        # Host copies: orbax saves a jax.Array replicated over N devices as N slices,
+        # each cut by an eager op (2880 of them, 3.4 s of a 1-step run on 8 CPU devices).
+        state = jax.device_get(state)
         self.latest.save(step, args=ocp.args.StandardSave(state))
         if val_bpd is not None:
             self.best.save(step, args=ocp.args.StandardSave(state),

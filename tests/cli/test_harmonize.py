@@ -2,8 +2,6 @@
 the whole-run progress total."""
 
 import json
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -11,17 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _harmonize(*args):
-    return subprocess.run([sys.executable, str(ROOT / "harmonize.py"), "--no-progress",
-                           *map(str, args)], capture_output=True, text=True, cwd=ROOT)
-
-
-def _quick(*args):
-    """harmonize.py without report.html (the batch test checks the page)."""
-    return _harmonize(*args, "--no-report")
+@pytest.fixture
+def quick(harmonize_cli):
+    """harmonize.py in this process, without progress bars or report.html (the batch
+    test checks the page)."""
+    return lambda *args: harmonize_cli(*args, "--no-progress", "--no-report")
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +37,16 @@ def inputs(tiny_phantom, tmp_path_factory):
     return good, bad, [e["mask"] for e in entries[:2]]
 
 
-@pytest.mark.slow  # a subprocess
-def test_batch_run_with_a_bad_subject_then_resume(trained, inputs, tmp_path):
+def test_batch_run_with_a_bad_subject_then_resume(trained, inputs, tmp_path, harmonize_cli):
     workdir = trained[0]
     good, bad, masks = inputs
     before = [p.read_bytes() for p in good]
     out = tmp_path / "out"
     quick = ["--calibration-steps", "2", "--calibration-pool", "8", "--field-steps", "2",
              "--batch-size", "8"]
-    first = _harmonize(*good, bad, "--checkpoint", workdir, "--output-dir", out, *quick,
-                       "--qc-png", "--mask-dir", good[0].parent / "masks")
+    first = harmonize_cli(*good, bad, "--no-progress", "--checkpoint", workdir,
+                          "--output-dir", out, *quick, "--qc-png",
+                          "--mask-dir", good[0].parent / "masks")
     assert first.returncode == 1, first.stderr
     assert f"{bad}: truncated or corrupt" in first.stderr
     assert "harmonized 2, skipped 0, failed 1" in first.stdout
@@ -84,7 +77,8 @@ def test_batch_run_with_a_bad_subject_then_resume(trained, inputs, tmp_path):
     assert f"failed: {bad}: truncated or corrupt" in page  # the broken input, at the top
 
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
-    second = _harmonize(*good, "--checkpoint", workdir, "--output-dir", out, *quick)
+    second = harmonize_cli(*good, "--checkpoint", workdir, "--output-dir", out, *quick,
+                           "--no-progress")
     assert second.returncode == 0, second.stderr
     assert "0 to harmonize, 2 already done" in second.stdout
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
@@ -131,31 +125,29 @@ def check_report(page: str, inputs, volumes: int) -> None:
         assert str(path) in page, path
 
 
-@pytest.mark.slow  # a subprocess
-def test_classical_methods_and_overwrite(trained, inputs, tmp_path):
+def test_classical_methods_and_overwrite(trained, inputs, tmp_path, harmonize_cli):
     good = inputs[0]
     for method in ("hm", "ssimh"):
-        result = _harmonize(good[0], "--checkpoint", trained[0], "--output-dir", tmp_path,
-                            "--method", method, "--overwrite")
+        result = harmonize_cli(good[0], "--no-progress", "--checkpoint", trained[0],
+                               "--output-dir", tmp_path, "--method", method, "--overwrite")
         assert result.returncode == 0, result.stderr
         report = json.loads(next(tmp_path.glob("*_harmonized.json")).read_text())
         assert report["method"] == method
         assert (tmp_path / "report.html").is_file()  # classical reports have null fields
 
 
-@pytest.mark.slow  # a subprocess
-def test_clear_errors_for_missing_checkpoint_and_inputs(tmp_path, inputs, trained):
-    result = _harmonize(inputs[0][0], "--checkpoint", tmp_path / "nope", "--output-dir", tmp_path)
+def test_clear_errors_for_missing_checkpoint_and_inputs(tmp_path, inputs, trained, quick):
+    result = quick(inputs[0][0], "--checkpoint", tmp_path / "nope", "--output-dir", tmp_path)
     assert result.returncode == 2 and "config.json: not found" in result.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = _harmonize(empty, "--checkpoint", trained[0], "--output-dir", tmp_path)
+    result = quick(empty, "--checkpoint", trained[0], "--output-dir", tmp_path)
     assert result.returncode == 2 and "no NIfTI files" in result.stderr
     assert not list(tmp_path.glob("*harmonized*"))
     not_a_folder = tmp_path / "out.txt"
     not_a_folder.write_text("")
-    result = _harmonize(inputs[0][0], "--checkpoint", trained[0], "--output-dir", not_a_folder,
-                        "--method", "hm")
+    result = quick(inputs[0][0], "--checkpoint", trained[0], "--output-dir", not_a_folder,
+                   "--method", "hm")
     assert result.returncode == 2
     assert result.stderr == f"error: {not_a_folder}: exists and is not a folder (--output-dir)\n"
 
@@ -259,8 +251,7 @@ def test_out_of_memory_is_one_clear_line(trained, inputs, tmp_path, monkeypatch,
         harmonize.main(args)
 
 
-@pytest.mark.slow  # a subprocess
-def test_inputs_with_the_same_name_are_refused_not_overwritten(inputs, trained, tmp_path):
+def test_inputs_with_the_same_name_are_refused_not_overwritten(inputs, trained, tmp_path, quick):
     from bh_jax.harmonize.run import plan_jobs
 
     good = inputs[0][0]
@@ -271,7 +262,7 @@ def test_inputs_with_the_same_name_are_refused_not_overwritten(inputs, trained, 
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="2 inputs would write .*sub_harmonized.nii.gz"):
         plan_jobs(clash, out)
-    result = _quick(*clash, "--checkpoint", trained[0], "--output-dir", out, "--method", "hm")
+    result = quick(*clash, "--checkpoint", trained[0], "--output-dir", out, "--method", "hm")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert str(clash[0]) in result.stderr and str(clash[1]) in result.stderr
     assert not out.exists()
@@ -287,8 +278,8 @@ def test_inputs_with_the_same_name_are_refused_not_overwritten(inputs, trained, 
     assert [j.input for j in jobs] == clash[:1] and skipped == []
 
 
-@pytest.mark.slow  # a subprocess
-def test_oblique_scan_of_other_voxel_size_is_written_on_its_own_grid(inputs, trained, tmp_path):
+def test_oblique_scan_of_other_voxel_size_is_written_on_its_own_grid(inputs, trained, tmp_path,
+                                                                     quick):
     good, _, masks = inputs
     image, mask = nib.load(str(good[0])), nib.load(str(masks[0]))
     angle = np.deg2rad(20)
@@ -306,9 +297,8 @@ def test_oblique_scan_of_other_voxel_size_is_written_on_its_own_grid(inputs, tra
     nib.save(singular, str(tmp_path / "flat.nii.gz"))
     nib.save(nib.Nifti1Image(mask.get_fdata().astype(np.uint8), None),
              str(tmp_path / "flat_mask.nii.gz"))
-    result = _quick(path, tmp_path / "flat.nii.gz", "--checkpoint", trained[0],
-                        "--output-dir", tmp_path / "out", "--method", "hm",
-                        "--mask-dir", tmp_path)
+    result = quick(path, tmp_path / "flat.nii.gz", "--checkpoint", trained[0],
+                   "--output-dir", tmp_path / "out", "--method", "hm", "--mask-dir", tmp_path)
     assert result.returncode == 1, result.stderr
     assert f"{tmp_path / 'flat.nii.gz'}: the affine is singular" in result.stderr
     assert "harmonized 1, skipped 0, failed 1" in result.stdout
@@ -328,15 +318,15 @@ def test_oblique_scan_of_other_voxel_size_is_written_on_its_own_grid(inputs, tra
     assert path.read_bytes() == before
 
 
-@pytest.mark.slow  # a subprocess
-def test_shared_curve_is_one_per_run_and_the_same_on_resume(trained, tiny_phantom, tmp_path):
+def test_shared_curve_is_one_per_run_and_the_same_on_resume(trained, tiny_phantom, tmp_path,
+                                                            quick):
     _, manifest = tiny_phantom
     paths = [Path(e["path"]) for e in manifest["images"] if e["site"] == "exp"][:3]
     out = tmp_path / "out"
     args = [*paths, "--checkpoint", trained[0], "--output-dir", out, "--solver", "curve",
             "--shared-curve", "--calibration-steps", "2", "--calibration-pool", "8",
             "--field-steps", "2", "--batch-size", "8"]
-    first = _quick(*args)
+    first = quick(*args)
     assert first.returncode == 0, first.stderr
     n = len(paths)
     assert "fitting the intensity curves of 1 site(s), all inputs one site" in first.stdout
@@ -350,7 +340,7 @@ def test_shared_curve_is_one_per_run_and_the_same_on_resume(trained, tiny_phanto
     # A resumed run fits on all the inputs again (done ones too): the same curve.
     (out / Path(paths[0]).name.replace(".nii.gz", "_harmonized.json")).unlink()
     (out / Path(paths[0]).name.replace(".nii.gz", "_harmonized.nii.gz")).unlink()
-    again = _quick(*args)
+    again = quick(*args)
     assert again.returncode == 0 and "1 to harmonize" in again.stdout
     assert curves() == before
 
@@ -371,17 +361,14 @@ def test_evaluation_gives_a_method_one_site_at_a_time(tiny_phantom, tiny_config)
     assert calls == [["exp_T1w.nii.gz"], ["siteA_T1w.nii.gz"], ["log_T1w.nii.gz"]]
 
 
-@pytest.mark.slow  # a subprocess
-def test_harmonize_cli_runs_learned_baselines(baselines, tiny_phantom, tmp_path):
+def test_harmonize_cli_runs_learned_baselines(baselines, tiny_phantom, tmp_path, quick):
     """harmonize.py --method unet|cyclegan: the input's geometry out, the baseline in the report."""
     _, manifest = tiny_phantom
     entry = next(e for e in manifest["images"] if e["split"] == "test" and e["site"] == "exp")
 
     def harmonize(method, folder, out):
-        return subprocess.run([sys.executable, str(ROOT / "harmonize.py"), entry["path"],
-                               "--method", method, "--checkpoint", str(folder),
-                               "--output-dir", str(out), "--no-progress", "--no-report"],
-                              capture_output=True, text=True, cwd=ROOT)
+        return quick(entry["path"], "--method", method, "--checkpoint", folder,
+                     "--output-dir", out)
 
     for kind in ("unet", "cyclegan"):
         result = harmonize(kind, baselines[kind][0], tmp_path / kind)

@@ -2,7 +2,6 @@
 
 import errno
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -14,41 +13,45 @@ import bh_jax.training.checkpoint
 import bh_jax.training.train
 from bh_jax.cli import train as train_cli
 
-ROOT = Path(__file__).resolve().parents[2]
+
+@pytest.fixture
+def run_train(capsys):
+    """train.py's `main` in this process (test_common runs the real console scripts):
+    `run_train(*args)` -> CompletedProcess(returncode, stdout, stderr)."""
+
+    def run(*args):
+        argv = ["--preset", "tiny", "--no-progress", *map(str, args)]
+        capsys.readouterr()
+        code = train_cli.main(argv)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, out, err)
+
+    return run
 
 
-def _run_train(*args):
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), "--preset", "tiny",
-                           "--no-progress", *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT)
-
-
-@pytest.mark.slow  # a subprocess
-def test_cli_empty_folder(tmp_path):
+def test_cli_empty_folder(tmp_path, run_train):
     (tmp_path / "data").mkdir()
-    result = _run_train("--data", tmp_path / "data", "--workdir", tmp_path / "w")
+    result = run_train("--data", tmp_path / "data", "--workdir", tmp_path / "w")
     assert result.returncode == 2
     assert f"{tmp_path / 'data'}: no NIfTI files" in result.stderr
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.slow  # a subprocess
-def test_cli_image_smaller_than_model(tmp_path):
+def test_cli_image_smaller_than_model(tmp_path, run_train):
     (tmp_path / "data").mkdir()
     data = np.random.default_rng(0).uniform(1.0, 2.0, (3, 3, 5)).astype(np.float32)
     image = nib.Nifti1Image(data, np.diag([6.0, 6.0, 6.0, 1.0]))  # on the tiny prior's grid
     nib.save(image, str(tmp_path / "data" / "small.nii.gz"))
-    result = _run_train("--data", tmp_path / "data", "--workdir", tmp_path / "w")
+    result = run_train("--data", tmp_path / "data", "--workdir", tmp_path / "w")
     assert result.returncode == 2
     assert "small.nii.gz: in-plane size" in result.stderr and "minimum 4x4" in result.stderr
 
 
-@pytest.mark.slow  # a subprocess
-def test_cli_config_mismatch_on_resume(tmp_path, trained, tiny_phantom):
+def test_cli_config_mismatch_on_resume(tmp_path, trained, tiny_phantom, run_train):
     workdir, _, _ = trained
     folder, _ = tiny_phantom
     before = sorted(p.name for p in workdir.iterdir())
-    result = _run_train("--data", "phantom", "--data-dir", folder, "--workdir", workdir,
+    result = run_train("--data", "phantom", "--data-dir", folder, "--workdir", workdir,
                         "--steps", "5", "--preset", "demo")
     assert result.returncode == 2
     assert str(workdir) in result.stderr and "different model" in result.stderr

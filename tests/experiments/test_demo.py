@@ -1,7 +1,5 @@
 """The demo (harmonize.py --demo) machinery, on the tiny checkpoint and data set."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,8 +11,6 @@ from bh_jax.experiments.evaluate import TYPICAL
 from bh_jax.harmonize import CalibrationConfig, SolverConfig
 
 pytestmark = pytest.mark.slow  # benchmark
-
-ROOT = Path(__file__).resolve().parents[2]
 QUICK_CALIBRATION = CalibrationConfig(steps=2, pool=8, field_steps=2)
 
 
@@ -44,15 +40,13 @@ def test_demo_writes_outputs_figure_and_table(trained, tiny_phantom, tmp_path):
     np.testing.assert_array_equal(output.affine, source.affine)
 
 
-def test_demo_refuses_input_files():
-    run = subprocess.run([sys.executable, str(ROOT / "harmonize.py"), "--demo", "a.nii.gz"],
-                         capture_output=True, text=True, cwd=ROOT)
+def test_demo_refuses_input_files(harmonize_cli):
+    run = harmonize_cli("--demo", "a.nii.gz")
     assert run.returncode == 2 and "--demo takes no INPUT files" in run.stderr
 
 
-def test_without_demo_inputs_and_checkpoint_are_required():
-    run = subprocess.run([sys.executable, str(ROOT / "harmonize.py"), "a.nii.gz"],
-                         capture_output=True, text=True, cwd=ROOT)
+def test_without_demo_inputs_and_checkpoint_are_required(harmonize_cli):
+    run = harmonize_cli("a.nii.gz")
     assert run.returncode == 2 and "--checkpoint and --output-dir are required" in run.stderr
 
 
@@ -71,10 +65,9 @@ def test_demo_and_files_default_to_the_curve_solver_one_curve_per_site():
     ).calibration.shared
 
 
-def test_demo_subjects_is_checked(trained, tmp_path):
-    run = subprocess.run([sys.executable, str(ROOT / "harmonize.py"), "a.nii.gz", "--checkpoint",
-                          "c", "--output-dir", "o", "--demo-subjects", "2"],
-                         capture_output=True, text=True, cwd=ROOT)
+def test_demo_subjects_is_checked(trained, tmp_path, harmonize_cli):
+    run = harmonize_cli("a.nii.gz", "--checkpoint", "c", "--output-dir", "o",
+                        "--demo-subjects", "2")
     assert run.returncode == 2 and "--demo-subjects is a --demo option" in run.stderr
     with pytest.raises(ValueError, match="at least 1 subject"):
         run_demo(tmp_path / "out", checkpoint=trained[0], subjects=0, progress=False)
