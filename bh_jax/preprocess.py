@@ -135,15 +135,20 @@ def in_plane_mm(affine: np.ndarray) -> tuple[float, float]:
     return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :2], axis=0))
 
 
+# Scans up to 5 % above the target's noise-to-contrast ratio count as no noisier.
+NOISE_TOLERANCE = 1.05
+
+
 def match_noise(slices: np.ndarray, masks: np.ndarray, target_ratio: float,
                 max_sigma: float = 3.0, tolerance: float = 0.01) -> tuple[np.ndarray, float]:
     """(slices smoothed until their noise-to-contrast ratio is the target's, the
     smoothing std in pixels, found by bisection to `tolerance`). Slices already at
-    or below the target's ratio (within 5 %), or with none to measure, are
+    or below the target's ratio (within `NOISE_TOLERANCE`), or with none to measure, are
     returned as they are (sigma 0); at most `max_sigma`."""
     inside = _noise_inside(masks)
     ratio = noise_contrast_ratio(slices, masks, inside)
-    if not (np.isfinite(ratio) and np.isfinite(target_ratio)) or ratio <= 1.05 * target_ratio:
+    if not (np.isfinite(ratio) and np.isfinite(target_ratio)) \
+            or ratio <= NOISE_TOLERANCE * target_ratio:
         return np.asarray(slices, np.float32), 0.0
     low, high = 0.0, max_sigma  # the ratio falls as the smoothing grows
     while high - low > tolerance:

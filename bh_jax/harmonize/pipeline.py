@@ -29,9 +29,11 @@ from bh_jax.harmonize.transform import (
     monotone_knots,
 )
 from bh_jax.preprocess import (
+    NOISE_TOLERANCE,
     PreparedVolume,
     in_plane_mm,
     match_noise,
+    noise_contrast_ratio,
     sigma_in_pixels,
     smooth_in_mask,
 )
@@ -78,16 +80,34 @@ class SiteCurve:
       fields: {volume path: field coefficients [9]} of the volumes it was fitted
         on (a run reuses them instead of fitting them again).
       volumes: how many volumes it was fitted on.
+      noisy: with `CalibrationConfig.noise_by_site`, whether the site's volumes
+        are noisier than the target's (`site_is_noisy`), so noise-matched; None
+        where each volume decides by its own noise.
     """
 
     first: IntensityCurve
     final: IntensityCurve
     fields: dict[str, np.ndarray]
     volumes: int
+    noisy: bool | None = None
 
     def as_dict(self) -> dict:
         return {"curve": self.final.as_dict(), "before_fields": self.first.as_dict(),
-                "fitted_on_volumes": self.volumes}
+                "fitted_on_volumes": self.volumes, "noisier_than_target": self.noisy}
+
+
+def site_is_noisy(prepared: list[PreparedVolume], reference: TargetReference
+                  ) -> tuple[bool, float]:
+    """(whether one site's scans are noisier than the target's, the median of their
+    noise-to-contrast ratios over the target's): noisy above `NOISE_TOLERANCE`. A
+    scan's ratio also grows as its subject's tissue contrast falls; the `demo`
+    target's own training scans measure 0.88-1.09x their mean, its noisier
+    scanners 1.27x and more (docs/methods.md)."""
+    target = float(reference.noise_ratio)
+    ratios = [noise_contrast_ratio(p.slices, p.slice_masks) / target for p in prepared]
+    ratios = [r for r in ratios if np.isfinite(r)]
+    median = float(np.median(ratios)) if ratios else float("nan")
+    return bool(median > NOISE_TOLERANCE), median
 
 
 def fit_slices(prepared: PreparedVolume, reference: TargetReference,
@@ -127,17 +147,18 @@ def fit_site_curve(calibrator: Calibrator, prepared: list[PreparedVolume],
     the volumes pooled; with fields, each volume's field under it, then the curve
     refitted on the volumes corrected by their fields."""
     config = calibrator.config
-    inputs = [(fit_slices(p, reference, config.noise_matched)[0], p.slice_masks)
-              for p in prepared]
+    noisy = site_is_noisy(prepared, reference)[0] if config.noise_by_site else None
+    inputs = [(fit_slices(p, reference, config.noise_matched and noisy is not False)[0],
+               p.slice_masks) for p in prepared]
     first, _ = calibrator.shared_curve(inputs, reference)
     if config.field_penalty is None:
-        return SiteCurve(first, first, {}, len(prepared))
+        return SiteCurve(first, first, {}, len(prepared), noisy)
     fields = [volume_field(calibrator, p, x, first) for p, (x, _) in zip(prepared, inputs)]
     final, _ = calibrator.shared_curve(
         [(x, m, log_field_of(p, f)) for p, (x, m), f in zip(prepared, inputs, fields)],
         reference)
     return SiteCurve(first, final, {p.volume.path: f.coefficients
-                                    for p, f in zip(prepared, fields)}, len(prepared))
+                                    for p, f in zip(prepared, fields)}, len(prepared), noisy)
 
 
 def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
@@ -147,7 +168,8 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
     with its own field fitted under the site's first curve) or, without a site,
     its own curve (and field). Returns (transform, notes for the report)."""
     config = calibrator.config
-    slices, smoothing = fit_slices(prepared, reference, config.noise_matched)
+    matched = config.noise_matched and (site is None or site.noisy is not False)
+    slices, smoothing = fit_slices(prepared, reference, matched)
     notes = {"noise_contrast_ratio_target": float(reference.noise_ratio),
              "noise_smoothing_px": smoothing}
     if site is None:

@@ -51,6 +51,12 @@ class CalibrationConfig:
         the target are used as they are), then map the unsmoothed volume: the
         flow finds excess noise unlikely, and without this the fit shrinks it
         by compressing the contrast.
+      noise_by_site: with `shared`, noise-match a site's volumes only if the site
+        as a whole is noisier than the target (`pipeline.site_is_noisy`: the median
+        of its volumes' ratios), so that a clean site's low-contrast subject, whose
+        ratio is high too, is left as it is. Off: the validation subjects cannot
+        tell it from deciding per volume, and on the test subjects it was mixed
+        (docs/methods.md).
       smooth_output: map that smoothed volume instead (the transform's
         `smoothing_mm`), so that the output's noise is the target's too; on the
         validation subjects +0.4 to +1.1 dB, higher SSIM and WM Dice on the four
@@ -74,6 +80,7 @@ class CalibrationConfig:
     pool: int = 16
     shared: bool = True
     noise_matched: bool = True
+    noise_by_site: bool = False
     smooth_output: bool = True
     field_penalty: float | None = 1.0
     field_steps: int = 20

@@ -23,6 +23,8 @@ from bh_jax.harmonize.pipeline import (
     curve_fit_status,
     field_frame,
     safety_net,
+    shared_curve,
+    site_is_noisy,
     transformed_slices,
 )
 from bh_jax.harmonize.settings import CalibrationConfig
@@ -30,6 +32,7 @@ from bh_jax.harmonize.transform import IntensityTransform
 from bh_jax.preprocess import (
     in_plane_mm,
     noise_contrast_ratio,
+    smooth_in_mask,
     smooth_volume_in_plane,
     window_slices,
 )
@@ -391,3 +394,46 @@ def test_a_noisy_volume_is_mapped_smoothed_to_the_target_noise(flow, volumes):
     inner = (slice(None), slice(4, -4), slice(4, -4))
     np.testing.assert_allclose(on_voxels[inner], transformed_slices(volume, transform)[inner],
                                atol=1e-5)
+
+
+def test_noise_by_site_leaves_a_clean_sites_noisy_scan_unsmoothed(flow, volumes):
+    """`noise_by_site`: a site is noise-matched when the median of its scans'
+    noise-to-contrast ratios is above the target's (with the tolerance), so one noisy
+    scan among clean ones is mapped unsmoothed, and smoothed in a noisy site; by
+    default (per scan) it is smoothed in both."""
+    rng = np.random.default_rng(0)
+
+    def noisier(volume, level):
+        noise = rng.normal(0, level, volume.slices.shape)
+        return replace(volume, slices=(np.clip(volume.slices + noise, 0, 1) *
+                                       volume.slice_masks).astype(np.float32))
+
+    target = float(flow.reference.noise_ratio)
+    # The tiny test scans measure 1.08x and 1.12x the target's ratio themselves: a
+    # clean site's scans are made from them by a light smoothing.
+    clean = [replace(v, slices=smooth_in_mask(v.slices, v.slice_masks, 0.7)) for v in volumes]
+    noisy = [noisier(v, 0.06) for v in volumes]
+
+    def ratios(site):
+        return [noise_contrast_ratio(v.slices, v.slice_masks) / target for v in site]
+
+    assert max(ratios(clean)) < 1.05 < min(ratios(noisy)), ratios(clean + noisy)
+    mixed = [noisy[0], *clean]  # one noisy scan in a clean site
+    is_noisy, median = site_is_noisy(mixed, flow.reference)
+    assert not is_noisy and median == pytest.approx(np.median(ratios(mixed)), rel=1e-6)
+    assert site_is_noisy(noisy, flow.reference)[0]
+
+    for by_site in (True, False):
+        config = CalibrationConfig(steps=2, pool=8, field_penalty=None, fallback=False,
+                                   noise_by_site=by_site)
+        harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(
+            solver="curve", init="calibrated", calibration=config), batch_size=8,
+            devices=jax.devices()[:1])
+        for site_volumes, noisy_site in ((mixed, False), (noisy, True)):
+            site = shared_curve(harmonizer, site_volumes, flow.reference)
+            assert site.noisy is (noisy_site if by_site else None)
+            result = harmonize_volumes(harmonizer, site_volumes[:1], flow.reference,
+                                       site=site)[0]
+            smoothed = noisy_site or not by_site
+            assert (result.notes["noise_smoothing_px"] > 0) is smoothed
+            assert (result.transform.smoothing_mm > 0) is smoothed

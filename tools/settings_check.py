@@ -1,0 +1,130 @@
+"""Which calibration settings serve the default best? Variants against Nyul, per volume.
+
+Runs the default (`curve` solver, one curve per site) with the given changes to its
+`CalibrationConfig`, and Nyul, on each site's validation volumes, and scores every
+output against the truth as `tools/noise_check.py` does (in-mask PSNR and SSIM, means
+over slices, and a target-trained segmenter's white-matter Dice), so that paired
+differences can be read subject by subject:
+
+    python tools/settings_check.py --checkpoint bh_jax/pretrained/demo \
+        --data-dir data/phantom-demo --out runs/settings-check --sites log gamma0.7 \
+        --variant "no field: field_penalty=none" --variant "8 segments: segments=8"
+
+A variant is `NAME: FIELD=VALUE, ...` (CalibrationConfig fields; `none` for None).
+Validation subjects by default (`--split test` only to report a choice made). The
+segmenter is trained as `bh-bench quality` trains it (1000 steps), or reused from
+OUT/segmenter; `--segmenter-seeds 1 2` also scores WM Dice with segmenters trained from
+other seeds (OUT/segmenter-seed1, ...), to see how much of a Dice difference between
+methods is the segmenter's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from noise_check import scores, summary
+
+from bh_jax import metrics
+from bh_jax.baselines.learned import (
+    BaselineConfig,
+    is_trained,
+    load_baseline,
+    train_baseline,
+)
+from bh_jax.data.manifest import prepare_entry, select, wm_slices
+from bh_jax.data.phantom import ensure_phantom
+from bh_jax.experiments.evaluate import as_evaluation, classical_methods
+from bh_jax.harmonize.methods import flow_method
+from bh_jax.harmonize.settings import default_settings
+from bh_jax.training.checkpoint import load_flow
+
+
+def variant(text: str) -> tuple[str, dict]:
+    """'NAME: field=value, ...' -> (NAME, {field: value}) with values parsed as JSON
+    ('none' is None)."""
+    name, _, changes = text.partition(":")
+    fields = {}
+    for change in filter(None, (c.strip() for c in changes.split(","))):
+        key, _, value = change.partition("=")
+        value = value.strip()
+        fields[key.strip()] = None if value.lower() == "none" else json.loads(value)
+    return name.strip(), fields
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--sites", nargs="+", required=True)
+    parser.add_argument("--variant", action="append", type=variant, default=[],
+                        help="NAME: FIELD=VALUE, ... (repeatable)")
+    parser.add_argument("--split", default="val", choices=["val", "test"])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--segmenter-seeds", type=int, nargs="*", default=[],
+                        help="also score WM Dice with segmenters trained from these seeds")
+    args = parser.parse_args()
+
+    flow = load_flow(args.checkpoint)
+    data = flow.config.data
+    manifest = ensure_phantom(args.data_dir, flow.config.phantom.evaluation(), flow.config.name)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    segmenter, *others = [trained_segmenter(out, seed, data, manifest)
+                          for seed in [None, *args.segmenter_seeds]]
+    base = default_settings()
+    methods = {}
+    for name, fields in [("default", {}), *args.variant]:
+        settings = dataclasses.replace(
+            base, calibration=dataclasses.replace(base.calibration, **fields))
+        methods[name] = as_evaluation(
+            flow_method(flow, "blindharmony", settings, args.batch_size), progress=True)
+    methods["Nyul"] = classical_methods(flow.reference)["Nyul"]
+
+    def scored(output, truth, wm) -> dict:
+        return {**scores(output, truth, wm, segmenter),
+                "dice_other_seeds": [float(metrics.dice(s.apply(output, truth.slice_masks), wm))
+                                     for s in others]}
+
+    rows = []
+    for entry in select(manifest, args.split, manifest["target_site"]):
+        truth = prepare_entry(entry, data, key="truth")
+        rows.append({"site": "target", "subject": entry["subject"], "method": "Truth",
+                     **scored(truth.slices, truth, wm_slices(truth, entry["wm"]))})
+    for site in args.sites:
+        entries = select(manifest, args.split, site)
+        sources = [prepare_entry(e, data) for e in entries]
+        truths = [prepare_entry(e, data, key="truth") for e in entries]
+        labels = [wm_slices(t, e["wm"]) for t, e in zip(truths, entries)]
+        for name, method in methods.items():
+            # One call per site: the default fits one curve to the site's volumes.
+            for entry, truth, wm, output in zip(entries, truths, labels, method(sources),
+                                                strict=True):
+                rows.append({"site": site, "subject": entry["subject"], "method": name,
+                             **scored(output, truth, wm)})
+                print(rows[-1], flush=True)
+    (out / "settings_check.json").write_text(json.dumps(
+        {"rows": rows, "split": args.split, "variants": dict(args.variant),
+         "segmenter_seeds": args.segmenter_seeds, "checkpoint": args.checkpoint}, indent=1))
+    print(summary(rows))
+    for i, seed in enumerate(args.segmenter_seeds):
+        print(f"\nWM Dice with the segmenter of seed {seed}:")
+        print(summary([{**r, "dice": r["dice_other_seeds"][i]} for r in rows]))
+
+
+def trained_segmenter(out: Path, seed: int | None, data, manifest):
+    """OUT/segmenter (bh-bench quality's settings), or OUT/segmenter-seedN; trained if missing."""
+    config = BaselineConfig("segmenter")
+    if seed is not None:
+        config = dataclasses.replace(config, seed=seed)
+    folder = out / ("segmenter" if seed is None else f"segmenter-seed{seed}")
+    if not is_trained(folder):
+        train_baseline(config, data, manifest, folder)
+    return load_baseline(folder)
+
+
+if __name__ == "__main__":
+    main()
