@@ -50,6 +50,21 @@ def scores(output, truth, labels, segmenter) -> dict[str, float]:
             "dice": float(metrics.dice(wm, labels))}
 
 
+def site_volumes(manifest: dict, split: str, site: str, data) -> tuple[list, list, list, list]:
+    """(entries, sources, truths, white-matter labels) of one site's `split` volumes."""
+    entries = select(manifest, split, site)
+    sources = [prepare_entry(e, data) for e in entries]
+    truths = [prepare_entry(e, data, key="truth") for e in entries]
+    return entries, sources, truths, [wm_slices(t, e["wm"]) for t, e in zip(truths, entries)]
+
+
+def truth_rows(manifest: dict, split: str, data, score) -> list[dict]:
+    """The target-site scans' own rows: `score(image, truth, labels)` of each truth."""
+    entries, _, truths, labels = site_volumes(manifest, split, manifest["target_site"], data)
+    return [{"site": "target", "subject": e["subject"], "method": "Truth",
+             **score(t.slices, t, wm)} for e, t, wm in zip(entries, truths, labels)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
@@ -74,16 +89,9 @@ def main() -> None:
                                                     args.batch_size), progress=True),
                "Nyul": classical["Nyul"], "HM": classical["HM"]}
 
-    rows = []
-    for entry in select(manifest, args.split, manifest["target_site"]):
-        truth = prepare_entry(entry, data, key="truth")
-        rows.append({"site": "target", "subject": entry["subject"], "method": "Truth",
-                     **scores(truth.slices, truth, wm_slices(truth, entry["wm"]), segmenter)})
+    rows = truth_rows(manifest, args.split, data, lambda *a: scores(*a, segmenter))
     for site in args.sites:
-        entries = select(manifest, args.split, site)
-        sources = [prepare_entry(e, data) for e in entries]
-        truths = [prepare_entry(e, data, key="truth") for e in entries]
-        labels = [wm_slices(t, e["wm"]) for t, e in zip(truths, entries)]
+        entries, sources, truths, labels = site_volumes(manifest, args.split, site, data)
         for name, method in methods.items():
             # One call per site: the default fits one curve to the site's volumes.
             for entry, source, truth, wm, output in zip(entries, sources, truths, labels,

@@ -25,7 +25,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from noise_check import scores, summary
+from noise_check import scores, site_volumes, summary, truth_rows
 
 from bh_jax import metrics
 from bh_jax.baselines.learned import (
@@ -34,7 +34,6 @@ from bh_jax.baselines.learned import (
     load_baseline,
     train_baseline,
 )
-from bh_jax.data.manifest import prepare_entry, select, wm_slices
 from bh_jax.data.phantom import ensure_phantom
 from bh_jax.experiments.evaluate import as_evaluation, classical_methods
 from bh_jax.harmonize.methods import flow_method
@@ -89,16 +88,9 @@ def main() -> None:
                 "dice_other_seeds": [float(metrics.dice(s.apply(output, truth.slice_masks), wm))
                                      for s in others]}
 
-    rows = []
-    for entry in select(manifest, args.split, manifest["target_site"]):
-        truth = prepare_entry(entry, data, key="truth")
-        rows.append({"site": "target", "subject": entry["subject"], "method": "Truth",
-                     **scored(truth.slices, truth, wm_slices(truth, entry["wm"]))})
+    rows = truth_rows(manifest, args.split, data, scored)
     for site in args.sites:
-        entries = select(manifest, args.split, site)
-        sources = [prepare_entry(e, data) for e in entries]
-        truths = [prepare_entry(e, data, key="truth") for e in entries]
-        labels = [wm_slices(t, e["wm"]) for t, e in zip(truths, entries)]
+        entries, sources, truths, labels = site_volumes(manifest, args.split, site, data)
         for name, method in methods.items():
             # One call per site: the default fits one curve to the site's volumes.
             for entry, truth, wm, output in zip(entries, truths, labels, method(sources),
