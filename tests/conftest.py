@@ -149,21 +149,28 @@ def baselines(tiny_phantom, tiny_config, tmp_path_factory):
 
 
 @pytest.fixture
-def harmonize_cli(capsys):
-    """harmonize.py's `main` in this process, as `harmonize_cli(*args)` ->
+def run_main(capsys):
+    """A command's `main` in this process, as `run_main(main, *args)` ->
     CompletedProcess(returncode, stdout, stderr). A subprocess costs about 3 s of
-    imports and recompiles what this worker has compiled already; the batch test
-    and test_common's console-script test still run the real commands."""
-    from bh_jax.cli import harmonize
+    imports and recompiles what this worker has compiled already; test_common's
+    console-script test still runs the real commands."""
 
-    def run(*args) -> subprocess.CompletedProcess:
+    def run(main, *args) -> subprocess.CompletedProcess:
         argv = [str(a) for a in args]
         capsys.readouterr()
         try:
-            code = harmonize.main(argv)
+            code = main(argv)
         except SystemExit as stop:  # argparse's errors
             code = stop.code
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(argv, code, out, err)
 
     return run
+
+
+@pytest.fixture
+def harmonize_cli(run_main):
+    """harmonize.py in this process: `harmonize_cli(*args)` (`run_main`)."""
+    from bh_jax.cli import harmonize
+
+    return lambda *args: run_main(harmonize.main, *args)

@@ -19,6 +19,7 @@ reused from OUT/segmenter.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -50,6 +51,27 @@ def scores(output, truth, labels, segmenter) -> dict[str, float]:
             "dice": float(metrics.dice(wm, labels))}
 
 
+def open_check(args) -> tuple:
+    """(the prior, the built-in data set's manifest, the output folder, created) of a
+    check's --checkpoint, --data-dir and --out."""
+    flow = load_flow(args.checkpoint)
+    manifest = ensure_phantom(args.data_dir, flow.config.phantom.evaluation(), flow.config.name)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return flow, manifest, out
+
+
+def trained_segmenter(out: Path, seed: int | None, data, manifest):
+    """OUT/segmenter (bh-bench quality's settings), or OUT/segmenter-seedN; trained if missing."""
+    config = BaselineConfig("segmenter")
+    if seed is not None:
+        config = dataclasses.replace(config, seed=seed)
+    folder = out / ("segmenter" if seed is None else f"segmenter-seed{seed}")
+    if not is_trained(folder):
+        train_baseline(config, data, manifest, folder)
+    return load_baseline(folder)
+
+
 def site_volumes(manifest: dict, split: str, site: str, data) -> tuple[list, list, list, list]:
     """(entries, sources, truths, white-matter labels) of one site's `split` volumes."""
     entries = select(manifest, split, site)
@@ -75,14 +97,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
-    flow = load_flow(args.checkpoint)
+    flow, manifest, out = open_check(args)
     data = flow.config.data
-    manifest = ensure_phantom(args.data_dir, flow.config.phantom.evaluation(), flow.config.name)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not is_trained(out / "segmenter"):
-        train_baseline(BaselineConfig("segmenter"), data, manifest, out / "segmenter")
-    segmenter = load_baseline(out / "segmenter")
+    segmenter = trained_segmenter(out, None, data, manifest)
     ratio = float(flow.reference.noise_ratio)
     classical = classical_methods(flow.reference)
     methods = {"default": as_evaluation(flow_method(flow, "blindharmony", default_settings(),

@@ -23,22 +23,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from pathlib import Path
 
-from noise_check import scores, site_volumes, summary, truth_rows
+from noise_check import (
+    open_check,
+    scores,
+    site_volumes,
+    summary,
+    trained_segmenter,
+    truth_rows,
+)
 
 from bh_jax import metrics
-from bh_jax.baselines.learned import (
-    BaselineConfig,
-    is_trained,
-    load_baseline,
-    train_baseline,
-)
-from bh_jax.data.phantom import ensure_phantom
 from bh_jax.experiments.evaluate import as_evaluation, classical_methods
 from bh_jax.harmonize.methods import flow_method
 from bh_jax.harmonize.settings import default_settings
-from bh_jax.training.checkpoint import load_flow
 
 
 def variant(text: str) -> tuple[str, dict]:
@@ -67,11 +65,8 @@ def main() -> None:
                         help="also score WM Dice with segmenters trained from these seeds")
     args = parser.parse_args()
 
-    flow = load_flow(args.checkpoint)
+    flow, manifest, out = open_check(args)
     data = flow.config.data
-    manifest = ensure_phantom(args.data_dir, flow.config.phantom.evaluation(), flow.config.name)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     segmenter, *others = [trained_segmenter(out, seed, data, manifest)
                           for seed in [None, *args.segmenter_seeds]]
     base = default_settings()
@@ -105,17 +100,6 @@ def main() -> None:
     for i, seed in enumerate(args.segmenter_seeds):
         print(f"\nWM Dice with the segmenter of seed {seed}:")
         print(summary([{**r, "dice": r["dice_other_seeds"][i]} for r in rows]))
-
-
-def trained_segmenter(out: Path, seed: int | None, data, manifest):
-    """OUT/segmenter (bh-bench quality's settings), or OUT/segmenter-seedN; trained if missing."""
-    config = BaselineConfig("segmenter")
-    if seed is not None:
-        config = dataclasses.replace(config, seed=seed)
-    folder = out / ("segmenter" if seed is None else f"segmenter-seed{seed}")
-    if not is_trained(folder):
-        train_baseline(config, data, manifest, folder)
-    return load_baseline(folder)
 
 
 if __name__ == "__main__":

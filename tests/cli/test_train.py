@@ -1,7 +1,6 @@
 """bh-train (train.py): one-line errors and exit codes."""
 
 import errno
-import subprocess
 from pathlib import Path
 
 import jax
@@ -15,18 +14,9 @@ from bh_jax.cli import train as train_cli
 
 
 @pytest.fixture
-def run_train(capsys):
-    """train.py's `main` in this process (test_common runs the real console scripts):
-    `run_train(*args)` -> CompletedProcess(returncode, stdout, stderr)."""
-
-    def run(*args):
-        argv = ["--preset", "tiny", "--no-progress", *map(str, args)]
-        capsys.readouterr()
-        code = train_cli.main(argv)
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(argv, code, out, err)
-
-    return run
+def run_train(run_main):
+    """train.py --preset tiny in this process: `run_train(*args)` (`run_main`)."""
+    return lambda *args: run_main(train_cli.main, "--preset", "tiny", "--no-progress", *args)
 
 
 def test_cli_empty_folder(tmp_path, run_train):
