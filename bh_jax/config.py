@@ -73,7 +73,19 @@ class FlowConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation of the flow prior (Adam, warm-up + cosine decay, clipping)."""
+    """Optimisation of the flow prior (Adam, warm-up + cosine decay, clipping).
+
+    Attributes:
+      contrast_weight: weight of the contrast negatives (0: plain maximum
+        likelihood). Each training slice is also scored with its in-brain
+        contrast scaled by a random factor (`contrast_low` to `contrast_high`,
+        either side of 1), and a hinge asks the slice to score at least `contrast_margin`
+        bits/dim better than its scaled copy, by bits/dim and by z^2 (in
+        bits/dim units): the target's own contrast, not a flatter one, is
+        what the prior should prefer (`qc.contrast_check`).
+      contrast_low, contrast_high: a factor is exp(+-u), u uniform in
+        [log contrast_low, log contrast_high] (either sign equally likely).
+    """
 
     batch_size: int = 16
     steps: int = 200
@@ -83,6 +95,10 @@ class TrainConfig:
     eval_every: int = 50
     keep_last: int = 2
     seed: int = 0
+    contrast_weight: float = 0.0
+    contrast_margin: float = 0.01
+    contrast_low: float = 1.1
+    contrast_high: float = 1.4
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,9 @@ class PhantomConfig:
       extra_train: more training subjects after the test ones, imaged at the
         target site only (a prior's training data; validation and test
         subjects stay the same whatever this is).
+      extra_val: more validation subjects after the extra training ones,
+        imaged at every site (a larger set to choose settings on; the other
+        subjects stay the same whatever this is).
       seed: subject `i` is drawn from the generator seeded with (seed, i).
     """
 
@@ -104,6 +123,7 @@ class PhantomConfig:
     n_test: int = 2
     seed: int = 0
     extra_train: int = 0
+    extra_val: int = 0
 
     def evaluation(self) -> "PhantomConfig":
         """The same data set without the extra training subjects: what evaluations

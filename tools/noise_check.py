@@ -51,6 +51,19 @@ def scores(output, truth, labels, segmenter) -> dict[str, float]:
             "dice": float(metrics.dice(wm, labels))}
 
 
+PROFILE_BINS = np.linspace(0.0, 1.0, 11)
+
+
+def error_profile(output, truth, min_voxels: int = 50) -> list[float | None]:
+    """Mean output - truth in the brain per tenth of the truth's intensity range
+    (None where fewer than `min_voxels`): where in intensity a method errs."""
+    inside = truth.slice_masks.astype(bool)
+    x, y = truth.slices[inside], np.asarray(output)[inside]
+    which = np.clip(np.digitize(x, PROFILE_BINS) - 1, 0, len(PROFILE_BINS) - 2)
+    return [float(np.mean(y[which == b] - x[which == b])) if np.sum(which == b) >= min_voxels
+            else None for b in range(len(PROFILE_BINS) - 1)]
+
+
 def open_check(args) -> tuple:
     """(the prior, the built-in data set's manifest, the output folder, created) of a
     check's --checkpoint, --data-dir and --out."""
@@ -72,17 +85,22 @@ def trained_segmenter(out: Path, seed: int | None, data, manifest):
     return load_baseline(folder)
 
 
-def site_volumes(manifest: dict, split: str, site: str, data) -> tuple[list, list, list, list]:
-    """(entries, sources, truths, white-matter labels) of one site's `split` volumes."""
-    entries = select(manifest, split, site)
+def site_volumes(manifest: dict, split: str, site: str, data,
+                 subjects: list[str] | None = None) -> tuple[list, list, list, list]:
+    """(entries, sources, truths, white-matter labels) of one site's `split` volumes
+    (only `subjects`' if given)."""
+    entries = [e for e in select(manifest, split, site)
+               if subjects is None or e["subject"] in subjects]
     sources = [prepare_entry(e, data) for e in entries]
     truths = [prepare_entry(e, data, key="truth") for e in entries]
     return entries, sources, truths, [wm_slices(t, e["wm"]) for t, e in zip(truths, entries)]
 
 
-def truth_rows(manifest: dict, split: str, data, score) -> list[dict]:
+def truth_rows(manifest: dict, split: str, data, score,
+               subjects: list[str] | None = None) -> list[dict]:
     """The target-site scans' own rows: `score(image, truth, labels)` of each truth."""
-    entries, _, truths, labels = site_volumes(manifest, split, manifest["target_site"], data)
+    entries, _, truths, labels = site_volumes(manifest, split, manifest["target_site"], data,
+                                              subjects)
     return [{"site": "target", "subject": e["subject"], "method": "Truth",
              **score(t.slices, t, wm)} for e, t, wm in zip(entries, truths, labels)]
 

@@ -24,7 +24,9 @@ import argparse
 import dataclasses
 import json
 
+import numpy as np
 from noise_check import (
+    error_profile,
     open_check,
     scores,
     site_volumes,
@@ -63,6 +65,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--segmenter-seeds", type=int, nargs="*", default=[],
                         help="also score WM Dice with segmenters trained from these seeds")
+    parser.add_argument("--subjects", nargs="+",
+                        help="only these subjects (e.g. sub-029 sub-031); a site's curve is "
+                             "then fitted on them alone")
     args = parser.parse_args()
 
     flow, manifest, out = open_check(args)
@@ -80,12 +85,14 @@ def main() -> None:
 
     def scored(output, truth, wm) -> dict:
         return {**scores(output, truth, wm, segmenter),
+                "error_profile": error_profile(output, truth),
                 "dice_other_seeds": [float(metrics.dice(s.apply(output, truth.slice_masks), wm))
                                      for s in others]}
 
-    rows = truth_rows(manifest, args.split, data, scored)
+    rows = truth_rows(manifest, args.split, data, scored, args.subjects)
     for site in args.sites:
-        entries, sources, truths, labels = site_volumes(manifest, args.split, site, data)
+        entries, sources, truths, labels = site_volumes(manifest, args.split, site, data,
+                                                        args.subjects)
         for name, method in methods.items():
             # One call per site: the default fits one curve to the site's volumes.
             for entry, truth, wm, output in zip(entries, truths, labels, method(sources),
@@ -97,9 +104,25 @@ def main() -> None:
         {"rows": rows, "split": args.split, "variants": dict(args.variant),
          "segmenter_seeds": args.segmenter_seeds, "checkpoint": args.checkpoint}, indent=1))
     print(summary(rows))
+    print("\nMean output - truth by the truth's intensity (tenths of [0, 1]):")
+    print(profile_summary(rows))
     for i, seed in enumerate(args.segmenter_seeds):
         print(f"\nWM Dice with the segmenter of seed {seed}:")
         print(summary([{**r, "dice": r["dice_other_seeds"][i]} for r in rows]))
+
+
+def profile_summary(rows: list[dict]) -> str:
+    """Markdown: per site and method, the mean `error_profile` over subjects."""
+    lines = ["| site | method | " + " | ".join(f"{b / 10:.1f}" for b in range(10)) + " |",
+             "|---|---|" + "---|" * 10]
+    for key in dict.fromkeys((r["site"], r["method"]) for r in rows if r["site"] != "target"):
+        profiles = [r["error_profile"] for r in rows if (r["site"], r["method"]) == key]
+        cells = []
+        for b in range(10):
+            values = [p[b] for p in profiles if p[b] is not None]
+            cells.append(f"{np.mean(values):+.3f}" if values else "")
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

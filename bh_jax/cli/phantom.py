@@ -1,6 +1,7 @@
 """Build the built-in multi-site data set (simulated from the MNI ICBM152 template).
 
     bh-phantom --out data/phantom-demo --preset demo [--report]
+    bh-phantom --out data/phantom-demo-val20 --preset demo --val-subjects 20
 
 Writes OUT/sub-XXX/*.nii.gz (every subject at every site and shift, its brain mask
 and white-matter labels), OUT/manifest.json and OUT/sites.png; docs/data.md
@@ -14,7 +15,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bh_jax.cli.common import Parser, run
+from bh_jax.cli.common import Parser, positive_int, run
 from bh_jax.config import PRESETS, PhantomConfig, get_preset
 
 
@@ -25,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="demo", choices=sorted(PRESETS),
                         help="voxel size and number of subjects")
     parser.add_argument("--seed", type=int, help="the subjects' seed (default: the preset's, 0)")
+    parser.add_argument("--val-subjects", type=positive_int,
+                        help="validation subjects; beyond the preset's (demo 3), extra ones "
+                             "imaged at every site, the other subjects unchanged (a larger "
+                             "set to choose settings on; default: the preset's)")
     parser.add_argument("--report", action="store_true",
                         help="print PSNR/SSIM of every source site (and HM, SSIMH) "
                              "against its target-site truth, on the test subjects")
@@ -36,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = get_preset(args.preset).phantom
         if args.seed is not None:
             cfg = PhantomConfig(**{**asdict(cfg), "seed": args.seed})
+        if args.val_subjects is not None:
+            if args.val_subjects < cfg.n_val:
+                raise ValueError(f"--val-subjects must be at least the preset's {cfg.n_val}, "
+                                 f"got {args.val_subjects}")
+            cfg = PhantomConfig(**{**asdict(cfg), "extra_val": args.val_subjects - cfg.n_val})
         start = time.perf_counter()
         manifest = ensure_phantom(args.out, cfg, args.preset)
         png = save_grid_png(manifest, Path(args.out) / "sites.png")

@@ -3,6 +3,8 @@
     bh-train --data phantom --preset demo --workdir runs/demo
     bh-train --data /path/to/target_site_niftis --mask-dir /path/to/masks \\
              --preset demo --workdir runs/mysite
+    bh-train --data phantom --preset demo --init-from bh_jax/pretrained/demo \\
+             --steps 1500 --set train.contrast_weight=1 --workdir runs/demo-contrast
 
 (`python train.py ...` is the same command.) Running the same command again
 resumes from the latest checkpoint. Exit code 2: nothing was trained (bad
@@ -58,6 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--time-limit", type=positive_float, metavar="MINUTES",
                         help="stop with a checkpoint after this long; the same command "
                              "resumes (the learning-rate schedule stays that of --steps)")
+    parser.add_argument("--init-from", metavar="CHECKPOINT",
+                        help="start from this trained prior's best parameters (the same model "
+                             "and slice size; e.g. bh_jax/pretrained/demo): fine-tuning, with "
+                             "a fresh optimizer and the --steps schedule")
     parser.add_argument("--seed", type=int, help="batch and noise seed (default: the preset's, 0)")
     parser.add_argument("--distributed", action="store_true",
                         help="call jax.distributed.initialize() first (multi-host)")
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         import jax
 
-        from bh_jax.training.checkpoint import saved_step
+        from bh_jax.training.checkpoint import load_flow, saved_step
         from bh_jax.training.input_pipeline import folder_slices, phantom_slices
         from bh_jax.training.qc import preferred_contrast
         from bh_jax.training.train import check_resume, train
@@ -109,6 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         if step is not None:
             print(f"resuming from step {step} of {config.train.steps} in {args.workdir}",
                   flush=True)
+        init_params = None
+        if args.init_from is not None and step is None:
+            start = load_flow(args.init_from)
+            if (start.config.flow, start.config.data) != (config.flow, config.data):
+                raise ValueError(f"{args.init_from}: --init-from holds a different model or "
+                                 f"slice size than preset {config.name!r} with these --set "
+                                 "options")
+            init_params = start.params
+            print(f"starting from {args.init_from} (step {start.identity['step']})", flush=True)
         if args.data == "phantom":
             extra = config.phantom.extra_train
             data_dir = args.data_dir or (f"data/phantom-{config.name}" + (
@@ -121,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{jax.device_count()} {jax.devices()[0].platform} device(s) -> {args.workdir}")
         metrics = train(config, args.workdir, train_set, val_set,
                         progress=not args.no_progress,
-                        time_limit_s=None if args.time_limit is None else 60 * args.time_limit)
+                        time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
+                        init_params=init_params, init_note=args.init_from)
         if metrics["step"] < config.train.steps:
             print(f"stopped at step {metrics['step']} of {config.train.steps} after the "
                   f"{args.time_limit:g}-minute limit; run the same command to continue")

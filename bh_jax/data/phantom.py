@@ -21,7 +21,7 @@ truth. Everything is deterministic given the seed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -243,11 +243,21 @@ def unit_scale(image: np.ndarray, mask: np.ndarray, percentile: float = 99.5) ->
 
 
 def _split_of(index: int, cfg: PhantomConfig) -> str:
+    """train, val, test, the extra training subjects, the extra validation ones."""
+    n_imaged = cfg.n_train + cfg.n_val + cfg.n_test
     if index < cfg.n_train:
         return "train"
     if index < cfg.n_train + cfg.n_val:
         return "val"
-    return "test" if index < cfg.n_train + cfg.n_val + cfg.n_test else "train"
+    if index < n_imaged:
+        return "test"
+    return "train" if index < n_imaged + cfg.extra_train else "val"
+
+
+def _imaged_everywhere(index: int, cfg: PhantomConfig) -> bool:
+    """All but the extra training subjects are imaged at every site."""
+    n_imaged = cfg.n_train + cfg.n_val + cfg.n_test
+    return not n_imaged <= index < n_imaged + cfg.extra_train
 
 
 def _save(path: Path, data: np.ndarray, affine: np.ndarray, dtype: type) -> None:
@@ -289,12 +299,11 @@ def generate(out: str | Path, cfg: PhantomConfig, preset: str = "custom",
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _, affine = grid(cfg.voxel_mm)
-    n_imaged = cfg.n_train + cfg.n_val + cfg.n_test  # at every site; the extra ones at one
+    count = cfg.n_train + cfg.n_val + cfg.n_test + cfg.extra_train + cfg.extra_val
     images, subjects = [], []
-    for index in tqdm(range(n_imaged + cfg.extra_train), desc="phantom subjects",
-                      disable=not progress):
+    for index in tqdm(range(count), desc="phantom subjects", disable=not progress):
         anatomy, rendered = render_subject(
-            cfg, index, sites=tuple(SITES) if index < n_imaged else (TARGET_SITE,))
+            cfg, index, sites=tuple(SITES) if _imaged_everywhere(index, cfg) else (TARGET_SITE,))
         sid, split = f"sub-{index:03d}", _split_of(index, cfg)
         folder = out / sid
         folder.mkdir(exist_ok=True)
@@ -328,15 +337,22 @@ def ensure_phantom(folder: str | Path, cfg: PhantomConfig, preset: str = "custom
                    progress: bool = True) -> dict:
     """Loads the data set in `folder`, generating it first if absent.
 
+    A data set with more extra validation subjects than `cfg` asks for is
+    accepted as it is: its other subjects are the same.
+
     Raises:
       ValueError: the folder holds a data set made with other settings.
     """
     folder = Path(folder)
     if (folder / MANIFEST).is_file():
         manifest = load_manifest(folder)
-        if PhantomConfig(**manifest["config"]) != cfg:  # fields added later: defaults
+        saved = PhantomConfig(**manifest["config"])  # fields added later: defaults
+        if replace(saved, extra_val=0) != replace(cfg, extra_val=0):
             raise ValueError(f"{folder}: holds the built-in data set of preset "
                              f"{manifest['preset']!r} with other settings; use another folder")
+        if saved.extra_val < cfg.extra_val:
+            raise ValueError(f"{folder}: holds {saved.n_val + saved.extra_val} validation "
+                             f"subjects, not {cfg.n_val + cfg.extra_val}; use another folder")
         return manifest
     generate(folder, cfg, preset, progress=progress)
     return load_manifest(folder)

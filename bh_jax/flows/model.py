@@ -124,11 +124,19 @@ class FlowModel:
     @functools.partial(jax.jit, static_argnums=0)
     def log_prob(self, params: dict, x: jnp.ndarray) -> jnp.ndarray:
         """Log density [B] of continuous images x [B, H, W, 1] (nats)."""
+        return self.log_prob_and_z2(params, x)[0]
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def log_prob_and_z2(self, params: dict, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Log density [B] (nats) and mean z^2 [B] of images x [B, H, W, 1], one pass:
+        the two prior terms the solvers use (exact log-density; the published a |z|^2)."""
         def one_chunk(images):
             z, log_det = self.bijector(params).forward_and_log_det(images - 0.5)
-            base = -0.5 * jnp.sum(z**2, axis=(-3, -2, -1)) - self.latent_size * _HALF_LOG_2PI
-            return base + log_det
-        return self._in_chunks(one_chunk, x, 3)
+            z2 = jnp.sum(z**2, axis=(-3, -2, -1))
+            base = -0.5 * z2 - self.latent_size * _HALF_LOG_2PI
+            return jnp.stack([base + log_det, z2 / self.latent_size], axis=-1)
+        parts = self._in_chunks(one_chunk, x, 3)
+        return parts[..., 0], parts[..., 1]
 
     def dequantize(self, key: jax.Array, x: jnp.ndarray) -> jnp.ndarray:
         """Uniform dequantisation of x in [0, 1] at `num_bits` (result in [0, 1])."""
@@ -142,8 +150,11 @@ class FlowModel:
         -log2 p(x_discrete) / D = -log p(x) / (D ln 2) + num_bits: the bin width
         2^-num_bits of the quantisation is the preprocessing's log-det.
         """
-        nll = -self.log_prob(params, x)
-        return nll / (self.latent_size * math.log(2.0)) + self.config.num_bits
+        return self.to_bits_per_dim(self.log_prob(params, x))
+
+    def to_bits_per_dim(self, log_prob: jnp.ndarray) -> jnp.ndarray:
+        """Bits/dim of a `num_bits`-deep discrete image from its continuous log density."""
+        return -log_prob / (self.latent_size * math.log(2.0)) + self.config.num_bits
 
     # ---------------------------------------------------------- latent access
 

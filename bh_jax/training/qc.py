@@ -32,19 +32,23 @@ def prior_scores(model: FlowModel, params: dict, slices: np.ndarray,
 
 @lru_cache(maxsize=4)
 def _prior_score_fn(model: FlowModel):
-    return jax.jit(lambda params, x: {"bpd": model.bits_per_dim(params, x),
-                                      "z2": jnp.mean(model.encode(params, x) ** 2, axis=-1)})
+    def score(params, x):
+        log_prob, z2 = model.log_prob_and_z2(params, x)
+        return {"bpd": model.to_bits_per_dim(log_prob), "z2": z2}
+    return jax.jit(score)
 
 
-def scale_contrast(slices: np.ndarray, masks: np.ndarray, factor: float) -> np.ndarray:
+def scale_contrast(slices, masks, factor):
     """[..., H, W] slices with each slice's in-mask deviations from its in-mask mean
-    times `factor`, clipped to [0, 1]; zero background."""
-    masks = np.asarray(masks, bool)
-    slices = np.asarray(slices, np.float32)
+    times `factor` (a number, or one per slice [..., 1, 1]), clipped to [0, 1]; zero
+    background. numpy in, numpy out; also traceable (the train step's negatives)."""
+    xp = jnp if isinstance(slices, jax.Array) else np
+    masks = xp.asarray(masks) > 0
+    slices = xp.asarray(slices, xp.float32)
     count = masks.sum(axis=(-2, -1), keepdims=True)
-    mean = np.where(masks, slices, 0.0).sum(axis=(-2, -1), keepdims=True) / np.maximum(count, 1)
-    return np.where(masks, np.clip(mean + factor * (slices - mean), 0.0, 1.0),
-                    0.0).astype(np.float32)
+    mean = xp.where(masks, slices, 0.0).sum(axis=(-2, -1), keepdims=True) / xp.maximum(count, 1)
+    return xp.where(masks, xp.clip(mean + factor * (slices - mean), 0.0, 1.0),
+                    0.0).astype(xp.float32)
 
 
 CONTRASTS = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2)

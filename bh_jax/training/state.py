@@ -7,6 +7,7 @@ orbax saves and restores (`bh_jax.training.checkpoint`).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import jax
@@ -19,6 +20,7 @@ from bh_jax.config import TrainConfig
 from bh_jax.flows.model import FlowModel
 from bh_jax.sharding import shard_batch
 from bh_jax.training.input_pipeline import SliceSet
+from bh_jax.training.qc import scale_contrast
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -33,7 +35,11 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 def create_state(model: FlowModel, config: TrainConfig, key: jax.Array,
                  init_batch: jnp.ndarray) -> dict:
     """A fresh train state; ActNorm is initialised from `init_batch` [B, H, W, 1]."""
-    params = model.init(key, init_batch)
+    return state_from_params(model.init(key, init_batch), config)
+
+
+def state_from_params(params: dict, config: TrainConfig) -> dict:
+    """A train state at step 0 that starts from `params` (e.g. a trained prior's)."""
     return {"params": params, "opt_state": make_optimizer(config).init(params),
             "step": jnp.zeros((), jnp.int32)}
 
@@ -44,21 +50,54 @@ def abstract_state(model: FlowModel, config: TrainConfig) -> Any:
     return jax.eval_shape(lambda: create_state(model, config, jax.random.PRNGKey(0), batch))
 
 
+def contrast_factors(key: jax.Array, n: int, config: TrainConfig) -> jnp.ndarray:
+    """[n, 1, 1, 1] factors exp(+-u), u uniform in [log low, log high], sign at random."""
+    size_key, sign_key = jax.random.split(key)
+    size = jax.random.uniform(size_key, (n, 1, 1, 1), minval=jnp.log(config.contrast_low),
+                              maxval=jnp.log(config.contrast_high))
+    return jnp.exp(jnp.where(jax.random.bernoulli(sign_key, 0.5, size.shape), size, -size))
+
+
+def make_loss(model: FlowModel, config: TrainConfig) -> Callable:
+    """(params, batch [B, H, W, 1], masks [B, H, W, 1], key) -> (loss, bits/dim).
+
+    Maximum likelihood of the dequantised batch; with `config.contrast_weight`,
+    plus hinges that ask each slice to beat a contrast-scaled copy of itself by
+    `contrast_margin` bits/dim, by bits/dim and by z^2 (`TrainConfig`)."""
+    z2_bits = 1.0 / (2.0 * math.log(2.0))  # z^2 per dim -> its share of bits/dim
+
+    def loss_fn(params, batch, masks, key):
+        log_prob, z2 = model.log_prob_and_z2(params, model.dequantize(key, batch))
+        bpd = model.to_bits_per_dim(log_prob)
+        if config.contrast_weight == 0:
+            return jnp.mean(bpd), bpd
+        factor_key, negative_key = jax.random.split(jax.random.fold_in(key, 1))
+        scaled = scale_contrast(batch, masks, contrast_factors(factor_key, len(batch), config))
+        log_prob_neg, z2_neg = model.log_prob_and_z2(
+            params, model.dequantize(negative_key, scaled))
+        hinge = (jax.nn.relu(config.contrast_margin + bpd - model.to_bits_per_dim(log_prob_neg))
+                 + jax.nn.relu(config.contrast_margin + z2_bits * (z2 - z2_neg)))
+        return jnp.mean(bpd + config.contrast_weight * hinge), bpd
+
+    return loss_fn
+
+
 @functools.lru_cache(maxsize=8)
 def make_train_step(model: FlowModel, config: TrainConfig) -> Callable:
-    """jit-compiled (state, batch [B, H, W, 1] in [0, 1], key) -> (state, bpd)."""
+    """jit-compiled (state, batch [B, H, W, 1] in [0, 1], masks [B, H, W, 1], key)
+    -> (state, bits/dim): one optimizer step on `make_loss`."""
     optimizer = make_optimizer(config)
-
-    def loss_fn(params, batch, key):
-        return jnp.mean(model.bits_per_dim(params, model.dequantize(key, batch)))
+    loss_fn = make_loss(model, config)
 
     @jax.jit
-    def train_step(state, batch, key):
+    def train_step(state, batch, masks, key):
         key = jax.random.fold_in(key, state["step"])
-        bpd, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
+        (_, bpd), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"], batch, masks, key)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, bpd
+        return ({"params": params, "opt_state": opt_state, "step": state["step"] + 1},
+                jnp.mean(bpd))
 
     return train_step
 

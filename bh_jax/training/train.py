@@ -39,6 +39,7 @@ from bh_jax.training.state import (
     evaluate,
     make_eval_step,
     make_train_step,
+    state_from_params,
 )
 
 SAMPLE_TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
@@ -77,7 +78,8 @@ def save_samples_png(model: FlowModel, params: dict, path: Path, seed: int = 0,
 
 def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: SliceSet,
           progress: bool = True, stop_at: int | None = None,
-          devices: list | None = None, time_limit_s: float | None = None) -> dict:
+          devices: list | None = None, time_limit_s: float | None = None,
+          init_params: dict | None = None, init_note: str | None = None) -> dict:
     """Trains (or resumes training) the flow prior in `workdir`.
 
     Args:
@@ -91,6 +93,9 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
         seconds after the loop started; the same call resumes. The learning-rate
         schedule stays the one of `config.train.steps`.
       devices: devices to shard batches over (default: all).
+      init_params: start from these parameters (a trained prior of the same
+        model: fine-tuning) instead of fresh ones; ignored when resuming.
+      init_note: where `init_params` came from, recorded in metrics.json.
     Returns:
       The metrics written to workdir/metrics.json.
     """
@@ -126,8 +131,9 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
                            if h["step"] <= restored]
         else:
             init = train_set.slices[batch_indices(len(train_set), tc.batch_size, tc.seed + 1, 0)]
-            state = replicate(mesh, create_state(model, tc, jax.random.PRNGKey(config.flow.seed),
-                                                 jnp.asarray(init[..., None])))
+            state = replicate(mesh, state_from_params(init_params, tc) if init_params is not None
+                              else create_state(model, tc, jax.random.PRNGKey(config.flow.seed),
+                                                jnp.asarray(init[..., None])))
         start = int(state["step"])
         end = tc.steps if stop_at is None else min(stop_at, tc.steps)
         train_step, eval_step = make_train_step(model, tc), make_eval_step(model)
@@ -142,7 +148,8 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
         for step in range(start, end):
             index = batch_indices(len(train_set), tc.batch_size, tc.seed, step)
             batch = shard_batch(mesh, train_set.slices[index][..., None])
-            state, bpd = train_step(state, batch, key)
+            masks = shard_batch(mesh, train_set.masks[index][..., None].astype(np.float32))
+            state, bpd = train_step(state, batch, masks, key)
             done = step + 1
             if time.perf_counter() >= deadline:
                 end = done
@@ -156,7 +163,7 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
                 history.append({"step": done, "train_bpd": bpd, "val_bpd": val_bpd,
                                 "images_per_s": rate})
                 checkpoints.save(done, state, val_bpd)
-                _write_metrics(metrics_path, model, state, history)
+                _write_metrics(metrics_path, model, state, history, init_note=init_note)
                 tick, window_start = time.perf_counter(), done
                 bar.set_postfix(bpd=f"{bpd:.3f}", val=f"{val_bpd:.3f}", img_s=f"{rate:.0f}")
             bar.update(1)
@@ -169,14 +176,15 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
             contrast = contrast_check(model, state["params"], val_set.slices, val_set.masks,
                                       batch_size=tc.batch_size)
         metrics = _write_metrics(metrics_path, model, state, history, finished=done_training,
-                                 contrast=contrast)
+                                 contrast=contrast, init_note=init_note)
     finally:
         checkpoints.close()
     return metrics
 
 
 def _write_metrics(path: Path, model: FlowModel, state: dict, history: list[dict],
-                   finished: bool = False, contrast: list[dict] | None = None) -> dict:
+                   finished: bool = False, contrast: list[dict] | None = None,
+                   init_note: str | None = None) -> dict:
     best = min(history, key=lambda h: h["val_bpd"]) if history else None
     metrics = {"step": int(state["step"]), "finished": finished,
                "params": count_params(state["params"]),
@@ -184,6 +192,8 @@ def _write_metrics(path: Path, model: FlowModel, state: dict, history: list[dict
                "best_step": best["step"] if best else None,
                "final_val_bpd": history[-1]["val_bpd"] if history else None,
                "history": history}
+    if init_note is not None:
+        metrics["initialised_from"] = init_note
     if contrast is not None:  # the finished prior's QC (`evaluate.contrast_check`)
         metrics["contrast_check"] = contrast
     write_json_atomic(path, metrics)

@@ -31,6 +31,7 @@ COMMANDS = {"bh-harmonize": harmonize.main, "bh-train": train.main, "bh-bench": 
     (["bh-train", "--data", "phantom", "--workdir", "w", "--learning-rate", "0"],
      "--learning-rate"),
     (["bh-bench", "harmonize", "--batch-size", "0"], "--batch-size"),
+    (["bh-phantom", "--out", "o", "--val-subjects", "0"], "--val-subjects"),
     (["bh-baselines", "unet", "--workdir", "w", "--steps", "0"], "--steps"),
 ])
 def test_numbers_are_checked_before_any_work(argv, option, tmp_path, monkeypatch, capsys):

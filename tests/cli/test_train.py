@@ -1,6 +1,7 @@
 """bh-train (train.py): one-line errors and exit codes."""
 
 import errno
+import json
 from pathlib import Path
 
 import jax
@@ -152,3 +153,28 @@ def test_cli_disk_full_while_checkpointing_is_one_line(tmp_path, tiny_phantom, m
     err = capsys.readouterr().err
     where = tmp_path / "w" / "latest" / "3"
     assert status == 2 and err == f"error: {where}: no space left on device\n"
+
+
+def test_cli_init_from_starts_at_the_trained_prior(tmp_path, trained, tiny_phantom, run_train):
+    workdir, _, metrics = trained
+    folder, _ = tiny_phantom
+    result = run_train("--data", "phantom", "--data-dir", folder, "--workdir", tmp_path / "w",
+                       "--init-from", workdir, "--steps", "2", "--learning-rate", "1e-5",
+                       "--set", "train.eval_every=2", "--set", "train.contrast_weight=1")
+    assert result.returncode == 0, result.stderr
+    assert f"starting from {workdir}" in result.stdout
+    tuned = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert tuned["initialised_from"] == str(workdir)
+    start = tuned["history"][0]
+    assert start["step"] == 0
+    assert start["val_bpd"] == pytest.approx(metrics["best_val_bpd"], rel=1e-4)
+
+
+def test_cli_init_from_another_model_is_refused(tmp_path, trained, tiny_phantom, run_train):
+    workdir, _, _ = trained
+    folder, _ = tiny_phantom
+    result = run_train("--data", "phantom", "--data-dir", folder, "--workdir", tmp_path / "w",
+                       "--init-from", workdir, "--steps", "2", "--set", "flow.hidden=8")
+    assert result.returncode == 2
+    assert f"{workdir}: --init-from holds a different model" in result.stderr
+    assert not (tmp_path / "w" / "metrics.json").exists()

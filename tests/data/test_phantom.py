@@ -116,3 +116,40 @@ def test_render_subject_is_what_generate_writes(tmp_path, tiny_config):
             written = nib.load(str(tmp_path / entry["path"])).get_fdata()
             np.testing.assert_allclose(written, images[entry["site"]],
                                        atol=float(np.abs(images[entry["site"]]).max()) / 3e4)
+
+
+def test_extra_subjects_add_to_the_data_set_and_leave_the_others(tmp_path, tiny_config):
+    """Extra training subjects at the target only, extra validation subjects at every
+    site, both after the test subjects; the first subjects are the same files."""
+    from dataclasses import replace
+
+    base = tiny_config.phantom.__class__(voxel_mm=8.0, n_train=1, n_val=1, n_test=1, seed=3)
+    more = replace(base, extra_train=1, extra_val=1)
+    small = phantom.generate(tmp_path / "a", base, progress=False)
+    large = phantom.generate(tmp_path / "b", more, progress=False)
+    splits = {s["subject"]: s["split"] for s in large["subjects"]}
+    assert splits == {"sub-000": "train", "sub-001": "val", "sub-002": "test",
+                      "sub-003": "train", "sub-004": "val"}
+    sites = {s: {e["site"] for e in large["images"] if e["subject"] == s} for s in splits}
+    assert sites["sub-003"] == {phantom.TARGET_SITE}
+    assert sites["sub-004"] == sites["sub-001"] and len(sites["sub-004"]) == len(large["sites"])
+    for entry in small["images"]:
+        a = nib.load(str(tmp_path / "a" / entry["path"])).get_fdata()
+        b = nib.load(str(tmp_path / "b" / entry["path"])).get_fdata()
+        np.testing.assert_array_equal(a, b)
+    # A data set with more validation subjects serves the smaller configuration;
+    # one with fewer is refused.
+    served = phantom.ensure_phantom(tmp_path / "b", replace(more, extra_val=0))
+    assert [s["subject"] for s in served["subjects"]] == list(splits)
+    with pytest.raises(ValueError, match="holds 1 validation subjects, not 2"):
+        phantom.ensure_phantom(tmp_path / "a", replace(base, extra_val=1))
+
+
+def test_cli_refuses_fewer_validation_subjects_than_the_preset(tmp_path, run_main):
+    from bh_jax.cli import phantom as phantom_cli
+
+    result = run_main(phantom_cli.main, "--out", tmp_path / "o", "--preset", "demo",
+                      "--val-subjects", "2")
+    assert result.returncode == 2
+    assert "--val-subjects must be at least the preset's 3, got 2" in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -93,3 +93,55 @@ def test_resumed_history_follows_the_checkpoint(tmp_path, tiny_config, tiny_slic
         shutil.rmtree(workdir / manager / "4", ignore_errors=True)
     metrics = train(config, workdir, *tiny_slices, progress=False, devices=one)
     assert [h["step"] for h in metrics["history"]] == [0, 2, 4, 6]
+
+
+def _loss_inputs(tiny_config, tiny_slices, **train):
+    from bh_jax.training.state import make_loss
+
+    config = tiny_config.replace(train=train)
+    model = FlowModel(config.flow, config.data.height, config.data.width)
+    slices = tiny_slices[0]
+    batch = jnp.asarray(slices.slices[:8][..., None])
+    masks = jnp.asarray(slices.masks[:8][..., None].astype(np.float32))
+    params = model.init(jax.random.PRNGKey(0), batch)
+    return jax.jit(make_loss(model, config.train)), model, params, batch, masks
+
+
+def test_plain_loss_is_the_mean_bits_per_dim(tiny_config, tiny_slices):
+    loss, model, params, batch, masks = _loss_inputs(tiny_config, tiny_slices)
+    key = jax.random.PRNGKey(3)
+    value, bpd = loss(params, batch, masks, key)
+    expected = model.bits_per_dim(params, model.dequantize(key, batch))
+    np.testing.assert_allclose(bpd, expected, rtol=1e-6)
+    assert float(value) == pytest.approx(float(jnp.mean(expected)), rel=1e-6)
+
+
+def test_contrast_hinges_add_weight_times_two_margins_at_factor_one(tiny_config, tiny_slices):
+    """Factor 1: each negative is its slice with other dequantisation noise, so both
+    hinges are active and each is the margin, up to that noise."""
+    loss, _, params, batch, masks = _loss_inputs(
+        tiny_config, tiny_slices, contrast_weight=2.0, contrast_margin=0.5,
+        contrast_low=1.0, contrast_high=1.0)
+    value, bpd = loss(params, batch, masks, jax.random.PRNGKey(3))
+    assert float(value) == pytest.approx(float(jnp.mean(bpd)) + 2.0 * 2 * 0.5, abs=0.02)
+
+
+def test_contrast_hinges_never_lower_the_loss(tiny_config, tiny_slices):
+    """No margin: whatever the negatives score, a hinge is never negative, so the
+    loss is at least the mean bits/dim."""
+    loss, _, params, batch, masks = _loss_inputs(
+        tiny_config, tiny_slices, contrast_weight=1.0, contrast_margin=0.0)
+    for seed in range(3):
+        value, bpd = loss(params, batch, masks, jax.random.PRNGKey(seed))
+        assert float(value) >= float(jnp.mean(bpd)) - 1e-6
+
+
+def test_contrast_factors_lie_either_side_of_one_in_the_range(tiny_config):
+    from bh_jax.training.state import contrast_factors
+
+    config = tiny_config.train
+    factors = np.asarray(contrast_factors(jax.random.PRNGKey(0), 512, config)).ravel()
+    size = np.abs(np.log(factors))
+    assert size.min() >= np.log(config.contrast_low) - 1e-6
+    assert size.max() <= np.log(config.contrast_high) + 1e-6
+    assert 0.4 < np.mean(factors > 1) < 0.6
