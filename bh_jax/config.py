@@ -82,7 +82,9 @@ class TrainConfig:
         either side of 1), and a hinge asks the slice to score at least `contrast_margin`
         bits/dim better than its scaled copy, by bits/dim and by z^2 (in
         bits/dim units): the target's own contrast, not a flatter one, is
-        what the prior should prefer (`qc.contrast_check`).
+        what the prior should prefer (`qc.contrast_check`). On the built-in
+        data it won the contrast check but made the default's curves worse
+        (docs/methods.md, "Third try"), so presets leave it off.
       contrast_low, contrast_high: a factor is exp(+-u), u uniform in
         [log contrast_low, log contrast_high] (either sign equally likely).
     """
