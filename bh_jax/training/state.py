@@ -59,7 +59,7 @@ def contrast_factors(key: jax.Array, n: int, config: TrainConfig) -> jnp.ndarray
 
 
 def make_loss(model: FlowModel, config: TrainConfig) -> Callable:
-    """(params, batch [B, H, W, 1], masks [B, H, W, 1], key) -> (loss, bits/dim).
+    """(params, batch [B, H, W, 1], masks [B, H, W, 1] or None, key) -> (loss, bits/dim).
 
     Maximum likelihood of the dequantised batch; with `config.contrast_weight`,
     plus hinges that ask each slice to beat a contrast-scaled copy of itself by
@@ -85,7 +85,8 @@ def make_loss(model: FlowModel, config: TrainConfig) -> Callable:
 @functools.lru_cache(maxsize=8)
 def make_train_step(model: FlowModel, config: TrainConfig) -> Callable:
     """jit-compiled (state, batch [B, H, W, 1] in [0, 1], masks [B, H, W, 1], key)
-    -> (state, bits/dim): one optimizer step on `make_loss`."""
+    -> (state, bits/dim): one optimizer step on `make_loss` (masks, the brain masks,
+    only with `config.contrast_weight`; None otherwise)."""
     optimizer = make_optimizer(config)
     loss_fn = make_loss(model, config)
 

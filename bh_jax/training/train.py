@@ -129,11 +129,12 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
             if metrics_path.is_file():  # up to the checkpoint: a kill may fall in between
                 history = [h for h in json.loads(metrics_path.read_text()).get("history", [])
                            if h["step"] <= restored]
+        elif init_params is not None:
+            state = replicate(mesh, state_from_params(init_params, tc))
         else:
             init = train_set.slices[batch_indices(len(train_set), tc.batch_size, tc.seed + 1, 0)]
-            state = replicate(mesh, state_from_params(init_params, tc) if init_params is not None
-                              else create_state(model, tc, jax.random.PRNGKey(config.flow.seed),
-                                                jnp.asarray(init[..., None])))
+            state = replicate(mesh, create_state(model, tc, jax.random.PRNGKey(config.flow.seed),
+                                                 jnp.asarray(init[..., None])))
         start = int(state["step"])
         end = tc.steps if stop_at is None else min(stop_at, tc.steps)
         train_step, eval_step = make_train_step(model, tc), make_eval_step(model)
@@ -148,7 +149,9 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
         for step in range(start, end):
             index = batch_indices(len(train_set), tc.batch_size, tc.seed, step)
             batch = shard_batch(mesh, train_set.slices[index][..., None])
-            masks = shard_batch(mesh, train_set.masks[index][..., None].astype(np.float32))
+            # Only the contrast negatives read the masks: no copy per step without them.
+            masks = (shard_batch(mesh, train_set.masks[index][..., None])
+                     if tc.contrast_weight else None)
             state, bpd = train_step(state, batch, masks, key)
             done = step + 1
             if time.perf_counter() >= deadline:
