@@ -1,7 +1,7 @@
 """Which calibration settings serve the default best? Variants against Nyul, per volume.
 
 Runs the default (`curve` solver, one curve per site) with the given changes to its
-`CalibrationConfig`, and Nyul, on each site's validation volumes, and scores every
+`CalibrationConfig`, and Nyul per scan and per site, on each site's validation volumes, and scores every
 output against the truth as `tools/noise_check.py` does (in-mask PSNR and SSIM, means
 over slices, and a target-trained segmenter's white-matter Dice), so that paired
 differences can be read subject by subject:
@@ -15,7 +15,7 @@ Validation subjects by default (`--split test` only to report a choice made). Th
 segmenter is trained as `bh-bench quality` trains it (1000 steps), or reused from
 OUT/segmenter; `--segmenter-seeds 1 2` also scores WM Dice with segmenters trained from
 other seeds (OUT/segmenter-seed1, ...), to see how much of a Dice difference between
-methods is the segmenter's own.
+methods is the segmenter's own. `--no-default`: the classical rows only (minutes).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from noise_check import (
 )
 
 from bh_jax import metrics
-from bh_jax.experiments.evaluate import as_evaluation, classical_methods
+from bh_jax.experiments.evaluate import NYUL_PER_SITE, as_evaluation, classical_methods
 from bh_jax.harmonize.methods import flow_method
 from bh_jax.harmonize.settings import default_settings
 
@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--segmenter-seeds", type=int, nargs="*", default=[],
                         help="also score WM Dice with segmenters trained from these seeds")
+    parser.add_argument("--no-default", action="store_true",
+                        help="only Nyul per scan and per site (no prior fits)")
     parser.add_argument("--subjects", nargs="+",
                         help="only these subjects (e.g. sub-029 sub-031); a site's curve is "
                              "then fitted on them alone")
@@ -76,12 +78,13 @@ def main() -> None:
                           for seed in [None, *args.segmenter_seeds]]
     base = default_settings()
     methods = {}
-    for name, fields in [("default", {}), *args.variant]:
+    for name, fields in [] if args.no_default else [("default", {}), *args.variant]:
         settings = dataclasses.replace(
             base, calibration=dataclasses.replace(base.calibration, **fields))
         methods[name] = as_evaluation(
             flow_method(flow, "blindharmony", settings, args.batch_size), progress=True)
-    methods["Nyul"] = classical_methods(flow.reference)["Nyul"]
+    classical = classical_methods(flow.reference)
+    methods.update({name: classical[name] for name in ("Nyul", NYUL_PER_SITE)})
 
     def scored(output, truth, wm) -> dict:
         return {**scores(output, truth, wm, segmenter),

@@ -12,6 +12,11 @@ standard scale, and the output, are in the target's own units ([0, 1] after
 `preprocess.IntensityScale`): intensity-normalization's algorithm with its
 `output_min_value` / `output_max_value` set to them (`tools/nyul_crosscheck.py`
 compares the two).
+
+`site_landmarks` gives the per-site variant (`--method site-nyul`): one map for all of
+a scanner's scans, from their mean landmarks. A scanner's intensity map is the same
+for every subject; a per-scan map also normalises each subject's own tissue contrast
+onto the population's, a per-site map keeps it (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -59,15 +64,29 @@ class NyulScale:
         return cls(mapped.mean(axis=0).astype(np.float32),
                    np.asarray(percentiles, np.float32))
 
-    def __call__(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """x [...] standardized inside `mask` (whose intensities give the landmarks),
-        clipped to [0, 1]; untouched outside it. float32 of x's shape."""
+    def __call__(self, x: np.ndarray, mask: np.ndarray,
+                 source: np.ndarray | None = None) -> np.ndarray:
+        """x [...] standardized inside `mask`, clipped to [0, 1]; untouched outside it.
+        float32 of x's shape. `source`: the landmarks [L] to map from (e.g. a site's,
+        `site_landmarks`); default: those of x inside `mask`."""
         x = np.asarray(x, np.float32)
         mask = np.asarray(mask, bool)
         out = x.copy()
-        source = landmarks(x[mask], self.percentiles)
+        if source is None:
+            source = landmarks(x[mask], self.percentiles)
         out[mask] = np.clip(piecewise_linear(x[mask], source, self.intensities), 0.0, 1.0)
         return out
+
+
+def site_landmarks(volumes: Sequence[np.ndarray],
+                   percentiles: Sequence[float] = PERCENTILES) -> np.ndarray:
+    """float64 [L] the mean of each volume's landmarks (their in-brain intensities
+    [n_v]): the source side of one Nyul map for all of a site's scans. The mean
+    of the landmarks, not the landmarks of the pooled voxels, so that each scan
+    counts the same whatever its brain's size. ValueError as `landmarks`."""
+    if not volumes:
+        raise ValueError("a site's Nyul landmarks need at least one volume")
+    return np.mean([landmarks(v, percentiles) for v in volumes], axis=0)
 
 
 def piecewise_linear(x: np.ndarray, knots: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ from bh_jax.harmonize.settings import (
 )
 
 CHUNK_SUBJECTS = 8  # subjects whose slices are packed into the same batches
-METHOD_CHOICES = ("blindharmony", "hm", "nyul", "ssimh", "unet", "cyclegan")
+METHOD_CHOICES = ("blindharmony", "hm", "nyul", "site-nyul", "ssimh", "unet", "cyclegan")
 
 
 def _per_solver(field: str) -> str:
@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mask-dir", help="brain masks matched by file name "
                                            "(default: automatic masks)")
     parser.add_argument("--method", default="blindharmony", choices=METHOD_CHOICES,
-                        help="hm / nyul / ssimh use the flow checkpoint's target statistics; "
+                        help="hm / nyul / site-nyul (one Nyul map per site, from its scans' "
+                             "mean landmarks) / ssimh use the flow checkpoint's target "
+                             "statistics; "
                              "unet / cyclegan need a baseline checkpoint")
     parser.add_argument("--solver", choices=SOLVERS,
                         help="curve (default): each site's maximum-likelihood intensity "
@@ -105,15 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
                              f"fit (default {calibration.field_steps}; 0: no field, e.g. for "
                              "scans already bias-corrected)")
     parser.add_argument("--sites", default="folder",
-                        help="which inputs share an intensity curve (one per site, fitted on "
-                             "up to 32 of its inputs): 'folder' (the inputs of each folder), "
+                        help="which inputs share an intensity curve (blindharmony) or Nyul "
+                             "landmarks (site-nyul), one per site, fitted on up to 32 of its "
+                             "inputs: 'folder' (the inputs of each folder), "
                              "'one' (all of them), 'each' (none: one curve per volume), or a "
                              "CSV/TSV table of file name (or BIDS participant id) and site")
     parser.add_argument("--shared-curve", action="store_true",
                         help="the same as --sites one")
     parser.add_argument("--nyul-from", metavar="FOLDER",
                         help="target-site scans to learn Nyul's standard scale from (for "
-                             "--method nyul and the safety net; default: the checkpoint's)")
+                             "--method nyul / site-nyul and the safety net; default: the "
+                             "checkpoint's)")
     parser.add_argument("--batch-size", type=positive_int, default=16,
                         help="slices per compiled batch (a multiple of the device count)")
     parser.add_argument("--output-scale", default="input", choices=["input", "unit"],
@@ -216,7 +220,8 @@ def harmonize_files(args: argparse.Namespace, settings) -> int:
         curves, curve_seconds = {}, 0.0
         if jobs and method.fit_site is not None:
             needed = {job.site for job in jobs}
-            print(f"fitting the intensity curves of {len(needed)} site(s), {grouping}, each "
+            shared = "Nyul landmarks" if args.method == "site-nyul" else "intensity curves"
+            print(f"fitting the {shared} of {len(needed)} site(s), {grouping}, each "
                   f"on up to {run.SITE_CURVE_VOLUMES} of its inputs ...", flush=True)
             curves = run.fit_site_curves(method, [j for j in every if j.site in needed],
                                          args.mask_dir, progress=not args.no_progress)

@@ -25,7 +25,7 @@ from bh_jax.data.phantom import render_subject
 from bh_jax.figures import new_figure, save_figure
 from bh_jax.harmonize.calibration import Calibrator
 from bh_jax.harmonize.methods import VolumeMethod
-from bh_jax.harmonize.pipeline import HarmonizedVolume, classical
+from bh_jax.harmonize.pipeline import HarmonizedVolume, SiteLandmarks, classical
 from bh_jax.harmonize.settings import CalibrationConfig
 from bh_jax.preprocess import IntensityScale, PreparedVolume, window_slices
 from bh_jax.reference import TargetReference
@@ -34,6 +34,7 @@ from bh_jax.training.input_pipeline import SliceSet
 from bh_jax.training.qc import prior_scores
 
 Method = Callable[[list[PreparedVolume]], list[np.ndarray]]
+NYUL_PER_SITE = "Nyul per site"
 Segmenter = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (slices, masks) -> bool WM
 
 _masked_psnr = jax.jit(jax.vmap(metrics.psnr))
@@ -57,11 +58,17 @@ def target_reference(manifest: dict, config: DataConfig, split: str = "train") -
 
 
 def classical_methods(reference: TargetReference) -> dict[str, Method]:
-    """Source (identity), HM, Nyul (if the reference has its scale) and SSIMH as methods."""
+    """Source (identity), HM, Nyul and Nyul per site (if the reference has its scale)
+    and SSIMH as methods; a method is given one site's volumes at a time."""
     def method(name: str) -> Method:
         return lambda volumes: [classical(name, p, reference).slices for p in volumes]
 
-    nyul = {"Nyul": method("nyul")} if np.all(np.isfinite(reference.nyul)) else {}
+    def per_site(volumes: list[PreparedVolume]) -> list[np.ndarray]:
+        site = SiteLandmarks.fit(volumes, reference)
+        return [classical("site-nyul", p, reference, site).slices for p in volumes]
+
+    nyul = ({"Nyul": method("nyul"), NYUL_PER_SITE: per_site}
+            if np.all(np.isfinite(reference.nyul)) else {})
     return {"Source": lambda volumes: [p.slices for p in volumes],
             "HM": method("hm"), **nyul, "SSIMH": method("ssimh")}
 

@@ -2,7 +2,8 @@
 
 Table 1: simulated shifts (exp, log, gamma 0.7 and, unseen, gamma 1.5);
 Table 2: simulated scanners; Table 3: white-matter Dice of a target-trained
-segmenter. Rows: Source, BlindHarmony, HM, SSIMH, CycleGAN and U-net (both
+segmenter. Rows: Source, BlindHarmony, HM, Nyul (per scan and per site), SSIMH,
+CycleGAN and U-net (both
 trained with ONE source domain, exp by default), and a reference: the subject
 at the target site with the population's typical tissue contrast
 (`evaluate.typical_contrast_method`, what a blind method can aim at).
@@ -26,6 +27,7 @@ from bh_jax.baselines.learned import (
 )
 from bh_jax.data.manifest import prepare_entry, select, wm_slices
 from bh_jax.experiments.evaluate import (
+    NYUL_PER_SITE,
     TYPICAL,
     as_evaluation,
     classical_methods,
@@ -113,7 +115,8 @@ def reproduce_tables(flow, manifest: dict, out: str | Path, settings, batch_size
     methods = {"Source": classical["Source"],
                "BlindHarmony": as_evaluation(
                    flow_method(flow, "blindharmony", settings, batch_size), progress),
-               **{name: classical[name] for name in ("HM", "Nyul", "SSIMH") if name in classical}}
+               **{name: classical[name] for name in ("HM", "Nyul", NYUL_PER_SITE, "SSIMH")
+                  if name in classical}}
     if learned:
         for kind, name in (("cyclegan", "CycleGAN"), ("unet", "U-net")):
             methods[f"{name} ({source})"] = as_evaluation(

@@ -20,6 +20,7 @@ from bh_jax.harmonize.pipeline import (
     METHODS,
     HarmonizedVolume,
     SiteCurve,
+    SiteLandmarks,
     classical,
     harmonize_volumes,
     shared_curve,
@@ -45,10 +46,12 @@ class VolumeMethod:
       identity: the checkpoint it came from (written into every report).
       settings: solver settings (BlindHarmony only).
       harmonize: (volumes, progress bar or None, site=None) -> one result per
-        volume; `site`, a site's intensity curve, only matters to BlindHarmony.
+        volume; `site`, what `fit_site` gave for their site, matters only to
+        BlindHarmony and site Nyul (without it, they fit one on the volumes given).
       voxel_mm: the isotropic grid (mm) its inputs are brought to, if known.
-      fit_site: volumes -> their site's intensity curve, for a method whose
-        `harmonize` takes one (BlindHarmony with `calibration.shared`).
+      fit_site: volumes -> their site's intensity curve (BlindHarmony with
+        `calibration.shared`) or landmarks (site Nyul), for a method whose
+        `harmonize` takes one.
     """
 
     name: str
@@ -58,7 +61,7 @@ class VolumeMethod:
     settings: SolverConfig | None
     harmonize: Callable[..., list[HarmonizedVolume]]
     voxel_mm: float | None = None
-    fit_site: Callable[[list[PreparedVolume]], SiteCurve] | None = None
+    fit_site: Callable[[list[PreparedVolume]], SiteCurve | SiteLandmarks] | None = None
 
 
 def _volume_by_volume(harmonize_one: Callable[[PreparedVolume], HarmonizedVolume]):
@@ -74,7 +77,8 @@ def _volume_by_volume(harmonize_one: Callable[[PreparedVolume], HarmonizedVolume
 
 def flow_method(flow: LoadedFlow, name: str, settings: SolverConfig, batch_size: int,
                 devices=None) -> VolumeMethod:
-    """BlindHarmony with a trained prior, or HM / Nyul / SSIMH to its target statistics."""
+    """BlindHarmony with a trained prior, or HM / Nyul / site Nyul / SSIMH to its target
+    statistics."""
     fit_site = None
     if name == "blindharmony":
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size, devices)
@@ -84,6 +88,14 @@ def flow_method(flow: LoadedFlow, name: str, settings: SolverConfig, batch_size:
 
         if settings.init == "calibrated" and settings.calibration.shared:
             fit_site = partial(shared_curve, harmonizer, reference=flow.reference)
+    elif name == "site-nyul":
+        flow.reference.nyul_scale()  # fails before any work if it has none
+        fit_site = partial(SiteLandmarks.fit, reference=flow.reference)
+
+        def run(volumes, bar, site=None):
+            site = site or fit_site(volumes)
+            return _volume_by_volume(lambda p: classical(name, p, flow.reference, site))(
+                volumes, bar)
     else:
         if name == "nyul":
             flow.reference.nyul_scale()  # fails before any work if it has none

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bh_jax.baselines.hm import histogram_match
-from bh_jax.baselines.nyul import landmarks
+from bh_jax.baselines.nyul import landmarks, site_landmarks
 from bh_jax.baselines.ssimh import spectrum_swap
 from bh_jax.harmonize.calibration import Calibrator, IntensityCurve, curve_parameters
 from bh_jax.harmonize.engine import Harmonizer
@@ -39,7 +39,7 @@ from bh_jax.preprocess import (
 )
 from bh_jax.reference import TargetReference
 
-METHODS = ("blindharmony", "hm", "nyul", "ssimh")
+METHODS = ("blindharmony", "hm", "nyul", "site-nyul", "ssimh")
 
 
 @dataclass
@@ -94,6 +94,31 @@ class SiteCurve:
     def as_dict(self) -> dict:
         return {"curve": self.final.as_dict(), "before_fields": self.first.as_dict(),
                 "fitted_on_volumes": self.volumes, "noisier_than_target": self.noisy}
+
+
+@dataclass(frozen=True)
+class SiteLandmarks:
+    """A site's Nyul landmarks (`baselines.nyul.site_landmarks`): one map for all of
+    its scans (`--method site-nyul`).
+
+    Attributes:
+      marks: [L] the mean of the volumes' landmarks (unit intensities).
+      volumes: how many volumes they were measured on.
+    """
+
+    marks: np.ndarray
+    volumes: int
+
+    @classmethod
+    def fit(cls, prepared: list[PreparedVolume], reference: TargetReference) -> "SiteLandmarks":
+        """From one site's volumes (ValueError without a Nyul scale or volumes)."""
+        percentiles = reference.nyul_scale().percentiles
+        return cls(site_landmarks([p.slices[p.slice_masks] for p in prepared], percentiles),
+                   len(prepared))
+
+    def as_dict(self) -> dict:
+        return {"nyul_site_landmarks": np.asarray(self.marks).tolist(),
+                "fitted_on_volumes": self.volumes}
 
 
 def site_is_noisy(prepared: list[PreparedVolume], reference: TargetReference
@@ -352,23 +377,31 @@ def hm_transform(prepared: PreparedVolume, reference: TargetReference) -> Intens
                               kind="hm")
 
 
-def nyul_transform(prepared: PreparedVolume, reference: TargetReference) -> IntensityTransform:
-    """Nyul as a transform: the volume's landmarks -> the standard scale."""
+def nyul_transform(prepared: PreparedVolume, reference: TargetReference,
+                   site: SiteLandmarks | None = None) -> IntensityTransform:
+    """Nyul as a transform: the volume's landmarks (or its `site`'s) -> the standard
+    scale."""
     scale = reference.nyul_scale()
-    marks = landmarks(prepared.slices[prepared.slice_masks], scale.percentiles)
+    marks = (landmarks(prepared.slices[prepared.slice_masks], scale.percentiles)
+             if site is None else site.marks)
     return IntensityTransform(*monotone_knots(marks, scale.intensities), extrapolate=True,
-                              kind="nyul")
+                              kind="nyul" if site is None else "site-nyul")
 
 
-def classical(method: str, prepared: PreparedVolume, reference: TargetReference) -> HarmonizedVolume:
-    """HM, Nyul or SSIMH of one volume (no per-slice diagnostics)."""
+def classical(method: str, prepared: PreparedVolume, reference: TargetReference,
+              site: SiteLandmarks | None = None) -> HarmonizedVolume:
+    """HM, Nyul, site Nyul or SSIMH of one volume (no per-slice diagnostics).
+    'site-nyul' maps with its `site`'s landmarks (without one: the volume's own,
+    Nyul's map)."""
     masks = prepared.slice_masks
     if method == "hm":
         slices, transform = (histogram_match(prepared.slices, masks, reference),
                              hm_transform(prepared, reference))
-    elif method == "nyul":
-        slices = reference.nyul_scale()(prepared.slices, masks)
-        transform = nyul_transform(prepared, reference)
+    elif method in ("nyul", "site-nyul"):
+        site = site if method == "site-nyul" else None
+        slices = reference.nyul_scale()(prepared.slices, masks,
+                                        None if site is None else site.marks)
+        transform = nyul_transform(prepared, reference, site)
     elif method == "ssimh":
         slices = spectrum_swap(prepared.slices, masks, reference)
         transform = fit_transform(prepared.slices, slices, masks, prepared.world_positions())

@@ -136,6 +136,42 @@ def test_classical_methods_and_overwrite(trained, inputs, tmp_path, harmonize_cl
         assert (tmp_path / "report.html").is_file()  # classical reports have null fields
 
 
+def test_site_nyul_maps_a_sites_scans_by_their_mean_landmarks(trained, tiny_phantom, tmp_path,
+                                                             quick):
+    from bh_jax.baselines.nyul import landmarks
+    from bh_jax.inputs import load_prepared
+    from bh_jax.training.checkpoint import load_flow
+
+    _, manifest = tiny_phantom
+    paths = [Path(e["path"]) for e in manifest["images"] if e["site"] == "siteB"][:3]
+    outputs = {}
+    for method, sites in (("site-nyul", "one"), ("site-nyul", "each"), ("nyul", "one")):
+        out = tmp_path / f"{method}-{sites}"
+        result = quick(*paths, "--checkpoint", trained[0], "--output-dir", out,
+                       "--method", method, "--sites", sites, "--output-scale", "unit")
+        assert result.returncode == 0, result.stderr
+        outputs[method, sites] = [nib.load(str(out / p.name.replace(".nii.gz", "_harmonized.nii.gz")))
+                                  .get_fdata() for p in paths]
+    reports = [json.loads(p.read_text()) for p in sorted((tmp_path / "site-nyul-one")
+                                                         .glob("*_harmonized.json"))]
+    marks = reports[0]["site"]["nyul_site_landmarks"]
+    assert all(r["site"]["nyul_site_landmarks"] == marks for r in reports)
+    assert reports[0]["site"]["fitted_on_volumes"] == len(paths)
+    # The landmarks are the mean of each scan's on the prior's grid (independently here).
+    flow = load_flow(trained[0])
+    scale = flow.reference.nyul_scale()
+    prepared = [load_prepared(p, flow.config.data) for p in paths]
+    expected = np.mean([landmarks(v.slices[v.slice_masks], scale.percentiles) for v in prepared],
+                       axis=0)
+    np.testing.assert_allclose(marks, expected, rtol=1e-6)
+    assert reports[0]["intensity_transform"]["kind"] == "site-nyul"
+    # A site of one scan is Nyul's own map; a shared map differs from it.
+    for each, nyul in zip(outputs["site-nyul", "each"], outputs["nyul", "one"]):
+        np.testing.assert_allclose(each, nyul, atol=1e-5)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(outputs["site-nyul", "one"],
+                                                      outputs["nyul", "one"])) > 1e-3
+
+
 def test_clear_errors_for_missing_checkpoint_and_inputs(tmp_path, inputs, trained, quick):
     result = quick(inputs[0][0], "--checkpoint", tmp_path / "nope", "--output-dir", tmp_path)
     assert result.returncode == 2 and "config.json: not found" in result.stderr

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bh_jax.experiments.bench import quality
-from bh_jax.experiments.evaluate import TYPICAL
+from bh_jax.experiments.evaluate import NYUL_PER_SITE, TYPICAL
 from bh_jax.experiments.heldout import HELDOUT_MAPS, apply_map
 from bh_jax.experiments.tables import SCANNERS, SHIFTS, USEFUL_CEILING, ceiling_warning
 
@@ -19,8 +19,8 @@ def test_quality_quick_end_to_end(trained, tiny_phantom, baselines, tmp_path):
     result = quality(str(trained[0]), str(folder), str(tmp_path), batch=8, quick=True,
                      solver="image", **{kind: str(baselines[kind][0]) for kind in baselines})
     assert result["settings"].startswith("SolverConfig(solver='image'")
-    rows = ["Source", "BlindHarmony", "HM", "Nyul", "SSIMH", "CycleGAN (exp)", "U-net (exp)",
-            TYPICAL]
+    rows = ["Source", "BlindHarmony", "HM", "Nyul", NYUL_PER_SITE, "SSIMH", "CycleGAN (exp)",
+            "U-net (exp)", TYPICAL]
     assert set(result["results"]) == set(SHIFTS + SCANNERS)
     for site, scores in result["results"].items():
         assert list(scores) == rows, site
