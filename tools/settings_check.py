@@ -11,6 +11,9 @@ differences can be read subject by subject:
         --variant "no field: field_penalty=none" --variant "8 segments: segments=8"
 
 A variant is `NAME: FIELD=VALUE, ...` (CalibrationConfig fields; `none` for None).
+`--applied "NAME: FIELD=VALUE, ..."` is a variant in how the default's site fit is applied
+(`nyul_weight`, `smooth_output`): it maps the volumes with the default's own fit, so
+one fit a site serves them all.
 Validation subjects by default (`--split test` only to report a choice made). The
 segmenter is trained as `bh-bench quality` trains it (1000 steps), or reused from
 OUT/segmenter; `--segmenter-seeds 1 2` also scores WM Dice with segmenters trained from
@@ -34,11 +37,14 @@ from noise_check import (
     trained_segmenter,
     truth_rows,
 )
+from tqdm import tqdm
 
 from bh_jax import metrics
 from bh_jax.experiments.evaluate import NYUL_PER_SITE, as_evaluation, classical_methods
-from bh_jax.harmonize.methods import flow_method
+from bh_jax.harmonize.methods import VolumeMethod, flow_method
 from bh_jax.harmonize.settings import default_settings
+
+APPLIED_FIELDS = {"nyul_weight", "smooth_output", "fallback"}  # not used by a site's fit
 
 
 def variant(text: str) -> tuple[str, dict]:
@@ -61,6 +67,9 @@ def main() -> None:
     parser.add_argument("--sites", nargs="+", required=True)
     parser.add_argument("--variant", action="append", type=variant, default=[],
                         help="NAME: FIELD=VALUE, ... (repeatable)")
+    parser.add_argument("--applied", action="append", type=variant, default=[],
+                        help="NAME: FIELD=VALUE, ... of how the fit is applied (nyul_weight, "
+                             "smooth_output), on the default's own site fits (repeatable)")
     parser.add_argument("--split", default="val", choices=["val", "test"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--segmenter-seeds", type=int, nargs="*", default=[],
@@ -71,18 +80,28 @@ def main() -> None:
                         help="only these subjects (e.g. sub-029 sub-031); a site's curve is "
                              "then fitted on them alone")
     args = parser.parse_args()
+    for name, fields in args.applied:
+        if set(fields) - APPLIED_FIELDS:
+            parser.error(f"--applied {name!r}: only {sorted(APPLIED_FIELDS)} leave the fit as it is")
 
     flow, manifest, out = open_check(args)
     data = flow.config.data
     segmenter, *others = [trained_segmenter(out, seed, data, manifest)
                           for seed in [None, *args.segmenter_seeds]]
     base = default_settings()
-    methods = {}
-    for name, fields in [] if args.no_default else [("default", {}), *args.variant]:
+
+    def with_calibration(**fields) -> VolumeMethod:
         settings = dataclasses.replace(
             base, calibration=dataclasses.replace(base.calibration, **fields))
-        methods[name] = as_evaluation(
-            flow_method(flow, "blindharmony", settings, args.batch_size), progress=True)
+        return flow_method(flow, "blindharmony", settings, args.batch_size)
+
+    methods = {}
+    if not args.no_default:
+        methods["default"] = one_fit_for_all(
+            with_calibration(), {name: with_calibration(**fields)
+                                 for name, fields in args.applied})
+        methods.update({name: as_evaluation(with_calibration(**fields), progress=True)
+                        for name, fields in args.variant})
     classical = classical_methods(flow.reference)
     methods.update({name: classical[name] for name in ("Nyul", NYUL_PER_SITE)})
 
@@ -98,20 +117,37 @@ def main() -> None:
                                                         args.subjects)
         for name, method in methods.items():
             # One call per site: the default fits one curve to the site's volumes.
-            for entry, truth, wm, output in zip(entries, truths, labels, method(sources),
-                                                strict=True):
-                rows.append({"site": site, "subject": entry["subject"], "method": name,
-                             **scored(output, truth, wm)})
-                print(rows[-1], flush=True)
+            outputs = method(sources)
+            for label, volumes in (outputs if isinstance(outputs, dict)
+                                   else {name: outputs}).items():
+                for entry, truth, wm, output in zip(entries, truths, labels, volumes,
+                                                    strict=True):
+                    rows.append({"site": site, "subject": entry["subject"], "method": label,
+                                 **scored(output, truth, wm)})
+                    print(rows[-1], flush=True)
     (out / "settings_check.json").write_text(json.dumps(
         {"rows": rows, "split": args.split, "variants": dict(args.variant),
-         "segmenter_seeds": args.segmenter_seeds, "checkpoint": args.checkpoint}, indent=1))
+         "applied": dict(args.applied), "segmenter_seeds": args.segmenter_seeds,
+         "checkpoint": args.checkpoint}, indent=1))
     print(summary(rows))
     print("\nMean output - truth by the truth's intensity (tenths of [0, 1]):")
     print(profile_summary(rows))
     for i, seed in enumerate(args.segmenter_seeds):
         print(f"\nWM Dice with the segmenter of seed {seed}:")
         print(summary([{**r, "dice": r["dice_other_seeds"][i]} for r in rows]))
+
+
+def one_fit_for_all(default: VolumeMethod, others: dict[str, VolumeMethod]):
+    """volumes -> {'default': its outputs, name: outputs of each of `others`}, all
+    from the default's one site fit (`others` differ only in how it is applied)."""
+    def evaluated(volumes) -> dict[str, list[np.ndarray]]:
+        site = default.fit_site(volumes)
+        with tqdm(total=sum(len(p.slices) for p in volumes) * (1 + len(others)),
+                  unit="slice", desc="default") as bar:
+            return {name: [r.slices for r in method.harmonize(volumes, bar, site=site)]
+                    for name, method in {"default": default, **others}.items()}
+
+    return evaluated
 
 
 def profile_summary(rows: list[dict]) -> str:

@@ -62,6 +62,7 @@ non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: v > 0 and v == v and v != float("inf"),
                          "a positive number")
 non_negative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+unit_float = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def fail(message: object) -> int:

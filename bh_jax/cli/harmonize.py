@@ -29,6 +29,7 @@ from bh_jax.cli.common import (
     positive_float,
     positive_int,
     run,
+    unit_float,
     writable_folder,
 )
 from bh_jax.harmonize.settings import (
@@ -106,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="init 'calibrated': L-BFGS steps of each scan's smooth bias-field "
                              f"fit (default {calibration.field_steps}; 0: no field, e.g. for "
                              "scans already bias-corrected)")
+    parser.add_argument("--nyul-weight", type=unit_float,
+                        help="init 'calibrated': weight of each site's Nyul map, measured on "
+                             "the same field-corrected, noise-matched scans, averaged into its "
+                             f"fitted curve (default {calibration.nyul_weight:g}; 0: the curve "
+                             "alone)")
     parser.add_argument("--sites", default="folder",
                         help="which inputs share an intensity curve (blindharmony) or Nyul "
                              "landmarks (site-nyul), one per site, fitted on up to 32 of its "
@@ -169,6 +175,8 @@ def solver_settings(args: argparse.Namespace):
         given["field_penalty"] = None
     elif args.field_steps is not None:
         given["field_steps"] = args.field_steps
+    if args.nyul_weight is not None:
+        given["nyul_weight"] = args.nyul_weight
     if base.init == "calibrated" or args.init == "calibrated":
         given["shared"] = args.sites != "each"
     return default_settings(args.solver, weights=weights, steps=args.steps,

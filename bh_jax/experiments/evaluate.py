@@ -25,7 +25,7 @@ from bh_jax.data.phantom import render_subject
 from bh_jax.figures import new_figure, save_figure
 from bh_jax.harmonize.calibration import Calibrator
 from bh_jax.harmonize.methods import VolumeMethod
-from bh_jax.harmonize.pipeline import HarmonizedVolume, SiteLandmarks, classical
+from bh_jax.harmonize.pipeline import HarmonizedVolume, classical, site_nyul
 from bh_jax.harmonize.settings import CalibrationConfig
 from bh_jax.preprocess import IntensityScale, PreparedVolume, window_slices
 from bh_jax.reference import TargetReference
@@ -64,8 +64,7 @@ def classical_methods(reference: TargetReference) -> dict[str, Method]:
         return lambda volumes: [classical(name, p, reference).slices for p in volumes]
 
     def per_site(volumes: list[PreparedVolume]) -> list[np.ndarray]:
-        site = SiteLandmarks.fit(volumes, reference)
-        return [classical("site-nyul", p, reference, site).slices for p in volumes]
+        return [r.slices for r in site_nyul(volumes, reference)]
 
     nyul = ({"Nyul": method("nyul"), NYUL_PER_SITE: per_site}
             if np.all(np.isfinite(reference.nyul)) else {})

@@ -24,6 +24,7 @@ from bh_jax.harmonize.pipeline import (
     classical,
     harmonize_volumes,
     shared_curve,
+    site_nyul,
 )
 from bh_jax.harmonize.settings import SolverConfig
 from bh_jax.harmonize.transform import fit_transform
@@ -93,9 +94,10 @@ def flow_method(flow: LoadedFlow, name: str, settings: SolverConfig, batch_size:
         fit_site = partial(SiteLandmarks.fit, reference=flow.reference)
 
         def run(volumes, bar, site=None):
-            site = site or fit_site(volumes)
-            return _volume_by_volume(lambda p: classical(name, p, flow.reference, site))(
-                volumes, bar)
+            results = site_nyul(volumes, flow.reference, site)
+            if bar is not None:
+                bar.update(sum(len(p.slices) for p in volumes))
+            return results
     else:
         if name == "nyul":
             flow.reference.nyul_scale()  # fails before any work if it has none

@@ -23,6 +23,7 @@ from bh_jax.harmonize.settings import Weights
 from bh_jax.harmonize.transform import (
     BiasField,
     IntensityTransform,
+    averaged,
     brain_box,
     field_basis,
     fit_transform,
@@ -83,6 +84,10 @@ class SiteCurve:
       noisy: with `CalibrationConfig.noise_by_site`, whether the site's volumes
         are noisier than the target's (`site_is_noisy`), so noise-matched; None
         where each volume decides by its own noise.
+      landmarks: [L] the site's Nyul landmarks (`baselines.nyul.site_landmarks`)
+        measured on the slices `final` was fitted on (noise-matched, divided by
+        their fields), for `CalibrationConfig.nyul_weight`; None without a Nyul
+        scale.
     """
 
     first: IntensityCurve
@@ -90,10 +95,13 @@ class SiteCurve:
     fields: dict[str, np.ndarray]
     volumes: int
     noisy: bool | None = None
+    landmarks: np.ndarray | None = None
 
     def as_dict(self) -> dict:
+        landmarks = None if self.landmarks is None else np.asarray(self.landmarks).tolist()
         return {"curve": self.final.as_dict(), "before_fields": self.first.as_dict(),
-                "fitted_on_volumes": self.volumes, "noisier_than_target": self.noisy}
+                "fitted_on_volumes": self.volumes, "noisier_than_target": self.noisy,
+                "nyul_site_landmarks": landmarks}
 
 
 @dataclass(frozen=True)
@@ -166,24 +174,38 @@ def log_field_of(prepared: PreparedVolume, field: BiasField | None) -> np.ndarra
         np.float32)
 
 
+def corrected_landmarks(inputs: list[tuple], reference: TargetReference) -> np.ndarray | None:
+    """The Nyul landmarks of volumes' (slices, masks, log field or None) as a curve
+    fit sees them (divided by their fields), averaged over the volumes; None if the
+    reference has no Nyul scale."""
+    try:
+        percentiles = reference.nyul_scale().percentiles
+    except ValueError:
+        return None
+    brains = [(x if f is None else x * np.exp(-f))[m] for x, m, f in inputs]
+    return site_landmarks(brains, percentiles)
+
+
 def fit_site_curve(calibrator: Calibrator, prepared: list[PreparedVolume],
                    reference: TargetReference) -> SiteCurve:
     """One site's curve from its volumes (`CalibrationConfig` says how): the curve of
     the volumes pooled; with fields, each volume's field under it, then the curve
-    refitted on the volumes corrected by their fields."""
+    refitted on the volumes corrected by their fields. Also the site's Nyul
+    landmarks of the same corrected slices."""
     config = calibrator.config
     noisy = site_is_noisy(prepared, reference)[0] if config.noise_by_site else None
     inputs = [(fit_slices(p, reference, config.noise_matched and noisy is not False)[0],
                p.slice_masks) for p in prepared]
     first, _ = calibrator.shared_curve(inputs, reference)
     if config.field_penalty is None:
-        return SiteCurve(first, first, {}, len(prepared), noisy)
+        return SiteCurve(first, first, {}, len(prepared), noisy,
+                         corrected_landmarks([(x, m, None) for x, m in inputs], reference))
     fields = [volume_field(calibrator, p, x, first) for p, (x, _) in zip(prepared, inputs)]
-    final, _ = calibrator.shared_curve(
-        [(x, m, log_field_of(p, f)) for p, (x, m), f in zip(prepared, inputs, fields)],
-        reference)
+    corrected = [(x, m, log_field_of(p, f)) for p, (x, m), f in zip(prepared, inputs, fields)]
+    final, _ = calibrator.shared_curve(corrected, reference)
     return SiteCurve(first, final, {p.volume.path: f.coefficients
-                                    for p, f in zip(prepared, fields)}, len(prepared), noisy)
+                                    for p, f in zip(prepared, fields)}, len(prepared), noisy,
+                     corrected_landmarks(corrected, reference))
 
 
 def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
@@ -199,12 +221,14 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
              "noise_smoothing_px": smoothing}
     if site is None:
         first, _ = calibrator.curve(slices, prepared.slice_masks, reference)
-        site = SiteCurve(first, first, {}, 1)
+        final, fields, log_field = first, {}, None
         if config.field_penalty is not None:
             field = volume_field(calibrator, prepared, slices, first)
-            final, _ = calibrator.curve(slices, prepared.slice_masks, reference,
-                                        log_field_of(prepared, field))
-            site = SiteCurve(first, final, {prepared.volume.path: field.coefficients}, 1)
+            log_field = log_field_of(prepared, field)
+            final, _ = calibrator.curve(slices, prepared.slice_masks, reference, log_field)
+            fields = {prepared.volume.path: field.coefficients}
+        site = SiteCurve(first, final, fields, 1, landmarks=corrected_landmarks(
+            [(slices, prepared.slice_masks, log_field)], reference))
     field = None
     if config.field_penalty is not None:
         coefficients = site.fields.get(prepared.volume.path)
@@ -217,6 +241,12 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
                     if config.smooth_output else 0.0)
     transform = IntensityTransform(site.final.knots, site.final.values, field=field,
                                    kind="curve", smoothing_mm=smoothing_mm)
+    if config.nyul_weight > 0 and site.landmarks is not None:
+        site_nyul = IntensityTransform(
+            *monotone_knots(site.landmarks, reference.nyul_scale().intensities),
+            extrapolate=True, kind="site-nyul")
+        transform = averaged(transform, site_nyul, config.nyul_weight)
+        notes["nyul_weight"] = config.nyul_weight
     return safety_net(calibrator, prepared, slices, transform, reference, notes,
                       config.fallback)
 
@@ -386,6 +416,14 @@ def nyul_transform(prepared: PreparedVolume, reference: TargetReference,
              if site is None else site.marks)
     return IntensityTransform(*monotone_knots(marks, scale.intensities), extrapolate=True,
                               kind="nyul" if site is None else "site-nyul")
+
+
+def site_nyul(prepared: list[PreparedVolume], reference: TargetReference,
+              site: SiteLandmarks | None = None) -> list[HarmonizedVolume]:
+    """Nyul per site: one site's volumes through one map, from `site`'s landmarks
+    (default: fitted on `prepared`)."""
+    site = site or SiteLandmarks.fit(prepared, reference)
+    return [classical("site-nyul", p, reference, site) for p in prepared]
 
 
 def classical(method: str, prepared: PreparedVolume, reference: TargetReference,

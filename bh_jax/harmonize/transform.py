@@ -16,7 +16,7 @@ fitted from source to result, alternately, by least squares.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import isotonic_regression
@@ -81,6 +81,12 @@ class IntensityTransform:
             if world is None:
                 raise ValueError("this transform has a field: it needs the voxels' positions")
             x = x * np.exp(-self.field.log_field(world))
+        return np.clip(self.curve(x), 0.0, 1.0).astype(np.float32)
+
+    def curve(self, corrected: np.ndarray) -> np.ndarray:
+        """float64 values of the curve alone at intensities already divided by the
+        field (and smoothed), not clipped to [0, 1]."""
+        x = np.asarray(corrected, np.float64)
         knots, values = np.asarray(self.knots, np.float64), np.asarray(self.values, np.float64)
         y = np.interp(x, knots, values)
         if self.extrapolate:
@@ -88,7 +94,7 @@ class IntensityTransform:
             slopes = np.divide(rise, run, out=np.zeros(2), where=run > 0)
             y = np.where(x < knots[0], values[0] + slopes[0] * (x - knots[0]), y)
             y = np.where(x > knots[-1], values[-1] + slopes[1] * (x - knots[-1]), y)
-        return np.clip(y, 0.0, 1.0).astype(np.float32)
+        return y
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "source": np.asarray(self.knots).tolist(),
@@ -101,6 +107,34 @@ def monotone_knots(knots: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, n
     """Strictly increasing knots (repeats merged) and non-decreasing values."""
     knots, first = np.unique(np.asarray(knots, np.float64), return_index=True)
     return knots, np.maximum.accumulate(np.asarray(values, np.float64)[first])
+
+
+def averaged(first: IntensityTransform, second: IntensityTransform,
+             weight: float) -> IntensityTransform:
+    """(1 - weight) * first + weight * second, as they map voxels (clipped to [0, 1]),
+    as one transform of the same corrected intensities: exact between the outer
+    knots of the two (the second's extrapolation included), ends held beyond. The
+    field, smoothing and kind are the first's; the second must be a bare curve."""
+    if second.field is not None or second.smoothing_mm > 0:
+        raise ValueError("averaged: the second transform must be a bare curve")
+    knots = np.union1d(first.knots, second.knots)
+    knots = np.union1d(knots, np.concatenate([clip_crossings(t, knots) for t in (first, second)]))
+    values = ((1.0 - weight) * np.clip(first.curve(knots), 0.0, 1.0)
+              + weight * np.clip(second.curve(knots), 0.0, 1.0))
+    return replace(first, knots=knots, values=np.maximum.accumulate(values), extrapolate=False)
+
+
+def clip_crossings(transform: IntensityTransform, knots: np.ndarray) -> np.ndarray:
+    """Where the curve crosses 0 or 1 between consecutive `knots` (on which it is
+    linear): knots to add so that the clipped curve is piecewise linear on them."""
+    values = transform.curve(knots)
+    crossings = []
+    for level in (0.0, 1.0):
+        below, above = values[:-1] - level, values[1:] - level
+        cross = below * above < 0
+        crossings.append(knots[:-1][cross]
+                         + below[cross] / (below[cross] - above[cross]) * np.diff(knots)[cross])
+    return np.concatenate(crossings)
 
 
 def brain_box(world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

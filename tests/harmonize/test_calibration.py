@@ -140,7 +140,8 @@ def test_calibrator_lowers_the_loss_and_compiles_once(flow, volumes):
 def test_curve_solver_returns_the_calibrated_volume(flow, volumes):
     settings = SolverConfig(solver="curve", init="calibrated",
                             calibration=CalibrationConfig(steps=2, pool=8, field_penalty=None,
-                                                          shared=False, fallback=False))
+                                                          shared=False, fallback=False,
+                                                          nyul_weight=0.0))
     # On the 8 simulated devices (1 device against 8: the sharded-fit tests below).
     for devices in (jax.devices(),):
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=8, devices=devices)
@@ -198,7 +199,7 @@ def test_a_field_is_fitted_per_volume_and_the_curve_refitted(flow, volumes):
 
 def test_shared_curve_is_one_fit_on_the_volumes_together(flow, volumes):
     config = CalibrationConfig(steps=2, pool=8, field_penalty=None, noise_matched=False,
-                               fallback=False)
+                               fallback=False, nyul_weight=0.0)
     calibrator = Calibrator(flow.model, flow.params, config, devices=jax.devices()[:1])
     shared, _ = calibrator.shared_curve([(v.slices, v.slice_masks) for v in volumes],
                                         flow.reference)
@@ -316,6 +317,13 @@ def test_cli_settings_keep_the_calibration_config():
                                  "--calibration-pool", "8"])
     calibration = harmonize.solver_settings(args).calibration
     assert (calibration.steps, calibration.pool) == (40, 8)
+    assert calibration.nyul_weight == CalibrationConfig().nyul_weight
+    args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
+                                 "--nyul-weight", "0.25"])
+    assert harmonize.solver_settings(args).calibration.nyul_weight == 0.25
+    with pytest.raises(SystemExit):
+        harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
+                              "--nyul-weight", "1.5"])
     assert calibration.segments == CalibrationConfig().segments
     args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
                                  "--solver", "latent", "--calibration-steps", "40"])
@@ -437,3 +445,38 @@ def test_noise_by_site_leaves_a_clean_sites_noisy_scan_unsmoothed(flow, volumes)
             smoothed = noisy_site or not by_site
             assert (result.notes["noise_smoothing_px"] > 0) is smoothed
             assert (result.transform.smoothing_mm > 0) is smoothed
+
+
+def test_nyul_weight_averages_the_sites_curve_with_its_nyul_map(flow, volumes):
+    """`nyul_weight` w: one site fit, then (1 - w) * its curve + w * its Nyul map of the
+    same field-corrected slices; the output at w = 0.5 is the mean of those at 0 and 1,
+    and at 1 it is Nyul's piecewise-linear map from the site's corrected landmarks."""
+    from bh_jax.baselines.nyul import PERCENTILES, piecewise_linear
+
+    outputs, site = {}, None
+    for weight in (0.0, 0.5, 1.0):
+        config = CalibrationConfig(steps=2, pool=8, field_steps=2, fallback=False,
+                                   noise_matched=False, nyul_weight=weight)
+        harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(calibration=config),
+                                batch_size=8, devices=jax.devices()[:1])
+        site = site or shared_curve(harmonizer, volumes, flow.reference)
+        outputs[weight] = harmonize_volumes(harmonizer, volumes, flow.reference, site=site)
+    # The landmarks: each volume's percentiles after dividing by its field, averaged.
+    corrected = []
+    for volume in volumes:
+        field = outputs[0.0][len(corrected)].transform.field
+        log_field = field.log_field(volume.world_positions())
+        corrected.append((volume.slices * np.exp(-log_field))[volume.slice_masks])
+    expected = np.mean([np.percentile(c, PERCENTILES) for c in corrected], axis=0)
+    np.testing.assert_allclose(site.landmarks, expected, rtol=1e-5)
+    assert site.as_dict()["nyul_site_landmarks"] == pytest.approx(expected.tolist(), rel=1e-5)
+    scale = flow.reference.nyul_scale()
+    for i, volume in enumerate(volumes):
+        masks = volume.slice_masks
+        zero, half, one = (outputs[w][i] for w in (0.0, 0.5, 1.0))
+        assert half.notes["nyul_weight"] == 0.5 and "nyul_weight" not in zero.notes
+        np.testing.assert_allclose(half.slices, (zero.slices + one.slices) / 2, atol=1e-5)
+        nyul = np.clip(piecewise_linear(corrected[i], site.landmarks, scale.intensities), 0, 1)
+        np.testing.assert_allclose(one.slices[masks], nyul, atol=1e-5)
+    with pytest.raises(ValueError, match="nyul_weight"):
+        CalibrationConfig(nyul_weight=1.5)
