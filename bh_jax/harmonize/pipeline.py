@@ -242,10 +242,8 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
     transform = IntensityTransform(site.final.knots, site.final.values, field=field,
                                    kind="curve", smoothing_mm=smoothing_mm)
     if config.nyul_weight > 0 and site.landmarks is not None:
-        site_nyul = IntensityTransform(
-            *monotone_knots(site.landmarks, reference.nyul_scale().intensities),
-            extrapolate=True, kind="site-nyul")
-        transform = averaged(transform, site_nyul, config.nyul_weight)
+        site_map = nyul_transform(prepared, reference, SiteLandmarks(site.landmarks, site.volumes))
+        transform = averaged(transform, site_map, config.nyul_weight)
         notes["nyul_weight"] = config.nyul_weight
     return safety_net(calibrator, prepared, slices, transform, reference, notes,
                       config.fallback)
