@@ -214,6 +214,8 @@ def harmonize_files(args: argparse.Namespace, settings) -> int:
     groups, grouping = run.site_groups(inputs, args.sites)
     method = load_method(args.method, args.checkpoint, settings, args.batch_size,
                          nyul_from=args.nyul_from)
+    for warning in method.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     signature = run.run_signature(method, args.output_scale)
     run.plan_jobs(inputs, args.output_dir, args.overwrite, signature, groups)  # fail early
     writable_folder(args.output_dir, "--output-dir")

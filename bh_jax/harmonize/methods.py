@@ -53,6 +53,8 @@ class VolumeMethod:
       fit_site: volumes -> their site's intensity curve (BlindHarmony with
         `calibration.shared`) or landmarks (site Nyul), for a method whose
         `harmonize` takes one.
+      warnings: one-line messages a command line shows before any work (settings
+        that the checkpoint cannot honour).
     """
 
     name: str
@@ -63,6 +65,22 @@ class VolumeMethod:
     harmonize: Callable[..., list[HarmonizedVolume]]
     voxel_mm: float | None = None
     fit_site: Callable[[list[PreparedVolume]], SiteCurve | SiteLandmarks] | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def unused_nyul_weight(flow: LoadedFlow, settings: SolverConfig) -> str | None:
+    """Why `calibration.nyul_weight` will have no effect with this prior (its target
+    statistics have no Nyul scale), or None if it will (or is 0, or unused)."""
+    weight = settings.calibration.nyul_weight
+    if settings.init != "calibrated" or weight == 0:
+        return None
+    try:
+        flow.reference.nyul_scale()
+    except ValueError:
+        return (f"{flow.identity['workdir']}: this prior has no Nyul scale (made by an older "
+                f"bh_jax), so nyul_weight {weight:g} has no effect and the site's curve is used "
+                f"alone; give --nyul-from TARGET_SCANS to average it with the site's Nyul map")
+    return None
 
 
 def _volume_by_volume(harmonize_one: Callable[[PreparedVolume], HarmonizedVolume]):
@@ -102,9 +120,10 @@ def flow_method(flow: LoadedFlow, name: str, settings: SolverConfig, batch_size:
         if name == "nyul":
             flow.reference.nyul_scale()  # fails before any work if it has none
         run = _volume_by_volume(lambda p: classical(name, p, flow.reference))
+    unused = unused_nyul_weight(flow, settings) if name == "blindharmony" else None
     return VolumeMethod(name, flow.config.data, 2 ** flow.config.flow.levels, flow.identity,
                         settings if name == "blindharmony" else None, run,
-                        flow.voxel_mm, fit_site)
+                        flow.voxel_mm, fit_site, (unused,) if unused else ())
 
 
 def baseline_method(baseline, batch_size: int) -> VolumeMethod:

@@ -444,3 +444,24 @@ def test_nyul_scale_is_learned_from_a_folder_of_target_scans(trained, tiny_phant
     (folder / "labels.nii.gz").write_bytes(Path(manifest["images"][0]["mask"]).read_bytes())
     with pytest.raises(ValueError, match="labels.nii.gz: .*--nyul-from takes target-site"):
         with_nyul_from(flow, folder)
+
+
+def test_a_prior_without_nyul_scale_warns_that_nyul_weight_has_no_effect(trained):
+    from dataclasses import replace
+
+    from bh_jax.harmonize.methods import flow_method
+    from bh_jax.harmonize.settings import SolverConfig
+    from bh_jax.training.checkpoint import load_flow
+
+    flow = load_flow(trained[0])
+    settings = SolverConfig()
+    assert settings.calibration.nyul_weight > 0  # the default averages with Nyul
+    assert flow_method(flow, "blindharmony", settings, 8).warnings == ()
+    old = replace(flow, reference=replace(flow.reference,
+                                          nyul=np.full_like(flow.reference.nyul, np.nan)))
+    (warning,) = flow_method(old, "blindharmony", settings, 8).warnings
+    assert "no Nyul scale" in warning and "--nyul-from" in warning
+    assert str(trained[0].name) in warning
+    curve_alone = replace(settings, calibration=replace(settings.calibration, nyul_weight=0.0))
+    assert flow_method(old, "blindharmony", curve_alone, 8).warnings == ()
+    assert flow_method(old, "hm", settings, 8).warnings == ()
