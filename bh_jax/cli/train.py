@@ -14,6 +14,7 @@ arguments, data or workdir; out of memory; training diverged).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--init-from", metavar="CHECKPOINT",
                         help="start from this trained prior's best parameters (the same model "
                              "and slice size; e.g. bh_jax/pretrained/demo): fine-tuning, with "
-                             "a fresh optimizer and the --steps schedule")
+                             "a fresh optimizer and the --steps schedule; flow.num_bits may "
+                             "differ (it sets only the dequantisation noise)")
     parser.add_argument("--seed", type=int, help="batch and noise seed (default: the preset's, 0)")
     parser.add_argument("--distributed", action="store_true",
                         help="call jax.distributed.initialize() first (multi-host)")
@@ -118,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         init_params = None
         if args.init_from is not None and step is None:
             start = load_flow(args.init_from)
-            if (start.config.flow, start.config.data) != (config.flow, config.data):
+            # num_bits sets only the training noise and the bits/dim offset, not the params
+            same_model = dataclasses.replace(start.config.flow, num_bits=config.flow.num_bits)
+            if (same_model, start.config.data) != (config.flow, config.data):
                 raise ValueError(f"{args.init_from}: --init-from holds a different model or "
                                  f"slice size than preset {config.name!r} with these --set "
                                  "options")

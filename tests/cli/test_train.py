@@ -12,6 +12,7 @@ import pytest
 import bh_jax.training.checkpoint
 import bh_jax.training.train
 from bh_jax.cli import train as train_cli
+from bh_jax.training.checkpoint import load_flow
 
 
 @pytest.fixture
@@ -168,6 +169,21 @@ def test_cli_init_from_starts_at_the_trained_prior(tmp_path, trained, tiny_phant
     start = tuned["history"][0]
     assert start["step"] == 0
     assert start["val_bpd"] == pytest.approx(metrics["best_val_bpd"], rel=1e-4)
+
+
+def test_cli_init_from_accepts_another_dequantisation_depth(tmp_path, trained, tiny_phantom,
+                                                            run_train):
+    workdir, _, _ = trained
+    folder, _ = tiny_phantom
+    result = run_train("--data", "phantom", "--data-dir", folder, "--workdir", tmp_path / "w",
+                       "--init-from", workdir, "--steps", "1", "--learning-rate", "1e-5",
+                       "--set", "train.eval_every=1", "--set", "flow.num_bits=8")
+    assert result.returncode == 0, result.stderr
+    start, tuned = load_flow(workdir), load_flow(tmp_path / "w")
+    assert tuned.config.flow.num_bits == 8 and start.config.flow.num_bits != 8
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))),
+                                   start.params, tuned.params)
+    assert max(jax.tree_util.tree_leaves(moved)) < 1e-3  # one step at 1e-5 from the start
 
 
 def test_cli_init_from_another_model_is_refused(tmp_path, trained, tiny_phantom, run_train):
