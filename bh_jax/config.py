@@ -83,8 +83,9 @@ class TrainConfig:
         bits/dim better than its scaled copy, by bits/dim and by z^2 (in
         bits/dim units): the target's own contrast, not a flatter one, is
         what the prior should prefer (`qc.contrast_check`). On the built-in
-        data it won the contrast check but made the default's curves worse
-        (docs/methods.md, "Third try"), so presets leave it off.
+        data, weight 1 won the contrast check but made the default's curves
+        worse, and 0.3 did neither (docs/methods.md, "Third try", "Sixth
+        try"), so presets leave it off.
       contrast_low, contrast_high: a factor is exp(+-u), u uniform in
         [log contrast_low, log contrast_high] (either sign equally likely).
     """
