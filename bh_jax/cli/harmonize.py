@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "the same field-corrected, noise-matched scans, averaged into its "
                              f"fitted curve (default {calibration.nyul_weight:g}; 0: the curve "
                              "alone)")
+    parser.add_argument("--scan-nyul-weight", type=unit_float,
+                        help="init 'calibrated': weight of each scan's own Nyul map (on the "
+                             "same corrected scan) averaged into that transform (default "
+                             f"{calibration.scan_nyul_weight:g}; higher: closer to Nyul, "
+                             "each subject moved onto the population's contrast)")
     parser.add_argument("--sites", default="folder",
                         help="which inputs share an intensity curve (blindharmony) or Nyul "
                              "landmarks (site-nyul), one per site, fitted on up to 32 of its "
@@ -175,8 +180,9 @@ def solver_settings(args: argparse.Namespace):
         given["field_penalty"] = None
     elif args.field_steps is not None:
         given["field_steps"] = args.field_steps
-    if args.nyul_weight is not None:
-        given["nyul_weight"] = args.nyul_weight
+    for name in ("nyul_weight", "scan_nyul_weight"):
+        if getattr(args, name) is not None:
+            given[name] = getattr(args, name)
     if base.init == "calibrated" or args.init == "calibrated":
         given["shared"] = args.sites != "each"
     return default_settings(args.solver, weights=weights, steps=args.steps,

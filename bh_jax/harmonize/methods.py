@@ -69,17 +69,21 @@ class VolumeMethod:
 
 
 def unused_nyul_weight(flow: LoadedFlow, settings: SolverConfig) -> str | None:
-    """Why `calibration.nyul_weight` will have no effect with this prior (its target
-    statistics have no Nyul scale), or None if it will (or is 0, or unused)."""
-    weight = settings.calibration.nyul_weight
-    if settings.init != "calibrated" or weight == 0:
+    """Why `calibration.nyul_weight` and `scan_nyul_weight` will have no effect with
+    this prior (its target statistics have no Nyul scale), or None if they will (or
+    are 0, or unused)."""
+    calibration = settings.calibration
+    weights = {"nyul_weight": calibration.nyul_weight,
+               "scan_nyul_weight": calibration.scan_nyul_weight}
+    given = ", ".join(f"{name} {w:g}" for name, w in weights.items() if w > 0)
+    if settings.init != "calibrated" or not given:
         return None
     try:
         flow.reference.nyul_scale()
     except ValueError:
         return (f"{flow.identity['workdir']}: this prior has no Nyul scale (made by an older "
-                f"bh_jax), so nyul_weight {weight:g} has no effect and the site's curve is used "
-                f"alone; give --nyul-from TARGET_SCANS to average it with the site's Nyul map")
+                f"bh_jax), so {given} has no effect and the site's curve is used "
+                f"alone; give --nyul-from TARGET_SCANS to average it with Nyul's maps")
     return None
 
 

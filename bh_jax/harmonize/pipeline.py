@@ -237,14 +237,21 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
         else:
             field = BiasField(coefficients, *field_frame(prepared)[1:])
     notes["fitted"] = site.final.fitted
-    smoothing_mm = (smoothing * float(np.mean(in_plane_mm(prepared.volume.canonical_affine)))
-                    if config.smooth_output else 0.0)
+    smoothing_mm = (smoothing * float(config.smooth_output)
+                    * float(np.mean(in_plane_mm(prepared.volume.canonical_affine))))
     transform = IntensityTransform(site.final.knots, site.final.values, field=field,
                                    kind="curve", smoothing_mm=smoothing_mm)
     if config.nyul_weight > 0 and site.landmarks is not None:
         site_map = nyul_transform(prepared, reference, SiteLandmarks(site.landmarks, site.volumes))
         transform = averaged(transform, site_map, config.nyul_weight)
         notes["nyul_weight"] = config.nyul_weight
+    if config.scan_nyul_weight > 0:
+        own = corrected_landmarks([(slices, prepared.slice_masks,
+                                    log_field_of(prepared, field))], reference)
+        if own is not None:
+            scan_map = nyul_transform(prepared, reference, SiteLandmarks(own, 1))
+            transform = averaged(transform, scan_map, config.scan_nyul_weight)
+            notes["scan_nyul_weight"] = config.scan_nyul_weight
     return safety_net(calibrator, prepared, slices, transform, reference, notes,
                       config.fallback)
 

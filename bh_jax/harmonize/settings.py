@@ -57,11 +57,13 @@ class CalibrationConfig:
         ratio is high too, is left as it is. Off: the validation subjects cannot
         tell it from deciding per volume, and on the test subjects it was mixed
         (docs/methods.md).
-      smooth_output: map that smoothed volume instead (the transform's
-        `smoothing_mm`), so that the output's noise is the target's too; on the
-        validation subjects +0.4 to +1.1 dB, higher SSIM and WM Dice on the four
-        scanner sites (docs/methods.md); the shifts, as clean as the target,
-        are not smoothed.
+      smooth_output: s in [0, 1]: map the volume smoothed with s times the
+        matching Gaussian's sigma (the transform's `smoothing_mm`), so that the
+        output's noise is nearer the target's; 0 (or False): the output keeps its
+        noise; 1 (or True): all of the matching smoothing, +0.4 to +1.1 dB and
+        higher SSIM on the four scanner sites but a blurrier grey/white boundary
+        (site D's WM Dice below Nyul's); 0.5: chosen with `scan_nyul_weight`
+        (docs/methods.md). The shifts, as clean as the target, are not smoothed.
       field_penalty: also fit a smooth multiplicative field per volume (a
         quadratic log-field over the brain, held curve, then the curve refitted
         on the corrected volumes), with this L2 penalty on its coefficients;
@@ -80,6 +82,13 @@ class CalibrationConfig:
         Nyul does not. 0.75: the weight with the best worst-domain Dice margin over
         Nyul on the validation subjects, at 1.3 dB below 0.5 on the shifts and
         above it on every scanner site (docs/methods.md). 0: the curve alone.
+      scan_nyul_weight: v in [0, 1]: then (1 - v) * that transform + v * the
+        volume's own Nyul map, its landmarks measured on the same corrected slices.
+        A scan's own map moves the subject onto the population's contrast, which a
+        target-trained segmenter separates best. 0.25 with `smooth_output` 0.5:
+        the pair with the best worst-domain WM Dice margin over Nyul on the
+        validation subjects (+0.0006; 0, 1: -0.0028, on site D) among those above
+        Nyul's PSNR and SSIM on all eight domains (docs/methods.md). 0: none.
     """
 
     # Chosen on the validation subjects (docs/methods.md).
@@ -89,11 +98,12 @@ class CalibrationConfig:
     shared: bool = True
     noise_matched: bool = True
     noise_by_site: bool = False
-    smooth_output: bool = True
+    smooth_output: float = 0.5
     field_penalty: float | None = 1.0
     field_steps: int = 20
     fallback: bool = False
     nyul_weight: float = 0.75
+    scan_nyul_weight: float = 0.25
 
     def __post_init__(self):
         for name in ("segments", "steps", "pool", "field_steps"):
@@ -102,8 +112,10 @@ class CalibrationConfig:
         if self.field_penalty is not None and not self.field_penalty >= 0:
             raise ValueError(f"calibration field_penalty must be >= 0 or None, "
                              f"got {self.field_penalty}")
-        if not 0.0 <= self.nyul_weight <= 1.0:
-            raise ValueError(f"calibration nyul_weight must be in [0, 1], got {self.nyul_weight}")
+        for name in ("nyul_weight", "scan_nyul_weight", "smooth_output"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"calibration {name} must be in [0, 1], "
+                                 f"got {getattr(self, name)}")
 
 
 SOLVERS = ("latent", "alternating", "image", "curve")

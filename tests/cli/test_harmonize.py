@@ -462,6 +462,11 @@ def test_a_prior_without_nyul_scale_warns_that_nyul_weight_has_no_effect(trained
     (warning,) = flow_method(old, "blindharmony", settings, 8).warnings
     assert "no Nyul scale" in warning and "--nyul-from" in warning
     assert str(trained[0].name) in warning
-    curve_alone = replace(settings, calibration=replace(settings.calibration, nyul_weight=0.0))
+    curve_alone = replace(settings, calibration=replace(settings.calibration, nyul_weight=0.0,
+                                                        scan_nyul_weight=0.0))
     assert flow_method(old, "blindharmony", curve_alone, 8).warnings == ()
+    scan_only = replace(settings, calibration=replace(curve_alone.calibration,
+                                                      scan_nyul_weight=0.5))
+    (warning,) = flow_method(old, "blindharmony", scan_only, 8).warnings
+    assert "so scan_nyul_weight 0.5 has no effect" in warning  # nyul_weight 0 not named
     assert flow_method(old, "hm", settings, 8).warnings == ()

@@ -141,7 +141,8 @@ def test_curve_solver_returns_the_calibrated_volume(flow, volumes):
     settings = SolverConfig(solver="curve", init="calibrated",
                             calibration=CalibrationConfig(steps=2, pool=8, field_penalty=None,
                                                           shared=False, fallback=False,
-                                                          nyul_weight=0.0))
+                                                          nyul_weight=0.0,
+                                                          scan_nyul_weight=0.0))
     # On the 8 simulated devices (1 device against 8: the sharded-fit tests below).
     for devices in (jax.devices(),):
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=8, devices=devices)
@@ -199,7 +200,7 @@ def test_a_field_is_fitted_per_volume_and_the_curve_refitted(flow, volumes):
 
 def test_shared_curve_is_one_fit_on_the_volumes_together(flow, volumes):
     config = CalibrationConfig(steps=2, pool=8, field_penalty=None, noise_matched=False,
-                               fallback=False, nyul_weight=0.0)
+                               fallback=False, nyul_weight=0.0, scan_nyul_weight=0.0)
     calibrator = Calibrator(flow.model, flow.params, config, devices=jax.devices()[:1])
     shared, _ = calibrator.shared_curve([(v.slices, v.slice_masks) for v in volumes],
                                         flow.reference)
@@ -319,8 +320,10 @@ def test_cli_settings_keep_the_calibration_config():
     assert (calibration.steps, calibration.pool) == (40, 8)
     assert calibration.nyul_weight == CalibrationConfig().nyul_weight
     args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
-                                 "--nyul-weight", "0.25"])
-    assert harmonize.solver_settings(args).calibration.nyul_weight == 0.25
+                                 "--nyul-weight", "0.25", "--scan-nyul-weight", "0.5"])
+    given = harmonize.solver_settings(args).calibration
+    assert (given.nyul_weight, given.scan_nyul_weight) == (0.25, 0.5)
+    assert calibration.scan_nyul_weight == CalibrationConfig().scan_nyul_weight
     with pytest.raises(SystemExit):
         harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
                               "--nyul-weight", "1.5"])
@@ -361,16 +364,16 @@ def test_curve_fit_status_gives_the_time_left():
 
 
 def test_a_noisy_volume_is_mapped_smoothed_to_the_target_noise(flow, volumes):
-    """With `smooth_output`, a volume noisier than the target comes out smoothed by the
+    """With `smooth_output` 1, a volume noisier than the target comes out smoothed by the
     same amount as the copy its curve was fitted on (its noise ratio near the
-    target's); without, only the fit sees the smoothed copy. The same transform on
+    target's); with 0, only the fit sees the smoothed copy. The same transform on
     the volume's own voxels (what `run.native_output` does) gives the same slices."""
     volume = volumes[0]
     rng = np.random.default_rng(0)
     noisy = replace(volume, slices=np.clip(volume.slices + rng.normal(
         0, 0.06, volume.slices.shape), 0, 1).astype(np.float32) * volume.slice_masks)
     results = {}
-    for smooth in (True, False):
+    for smooth in (1.0, 0.0, 0.5):
         config = CalibrationConfig(steps=2, pool=8, field_penalty=None, shared=False,
                                    fallback=False, smooth_output=smooth)
         harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(
@@ -378,11 +381,14 @@ def test_a_noisy_volume_is_mapped_smoothed_to_the_target_noise(flow, volumes):
             devices=jax.devices()[:1])
         results[smooth] = harmonize_volumes(harmonizer, [noisy], flow.reference)[0]
     pixel_mm = float(np.mean(in_plane_mm(volume.volume.canonical_affine)))
-    smoothed, kept = results[True], results[False]
+    smoothed, kept, half = results[1.0], results[0.0], results[0.5]
     assert kept.transform.smoothing_mm == 0.0
     assert smoothed.notes["noise_smoothing_px"] > 0
     assert smoothed.transform.smoothing_mm == pytest.approx(
         smoothed.notes["noise_smoothing_px"] * pixel_mm)
+    # A fraction scales the output's sigma, not the fit's.
+    assert half.notes["noise_smoothing_px"] == pytest.approx(smoothed.notes["noise_smoothing_px"])
+    assert half.transform.smoothing_mm == pytest.approx(smoothed.transform.smoothing_mm / 2)
     np.testing.assert_allclose(smoothed.slices, transformed_slices(noisy, smoothed.transform),
                                atol=1e-6)
     masks = volume.slice_masks
@@ -456,7 +462,8 @@ def test_nyul_weight_averages_the_sites_curve_with_its_nyul_map(flow, volumes):
     outputs, site = {}, None
     for weight in (0.0, 0.5, 1.0):
         config = CalibrationConfig(steps=2, pool=8, field_steps=2, fallback=False,
-                                   noise_matched=False, nyul_weight=weight)
+                                   noise_matched=False, nyul_weight=weight,
+                                   scan_nyul_weight=0.0)
         harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(calibration=config),
                                 batch_size=8, devices=jax.devices()[:1])
         site = site or shared_curve(harmonizer, volumes, flow.reference)
@@ -480,3 +487,33 @@ def test_nyul_weight_averages_the_sites_curve_with_its_nyul_map(flow, volumes):
         np.testing.assert_allclose(one.slices[masks], nyul, atol=1e-5)
     with pytest.raises(ValueError, match="nyul_weight"):
         CalibrationConfig(nyul_weight=1.5)
+
+
+def test_scan_nyul_weight_averages_in_the_volumes_own_nyul_map(flow, volumes):
+    """`scan_nyul_weight` v: (1 - v) * the site's transform + v * the volume's own Nyul
+    map, its landmarks measured on its field-corrected slices: at v = 1 Nyul's
+    piecewise-linear map from those landmarks, at 0.5 the mean of the outputs at 0 and 1."""
+    from bh_jax.baselines.nyul import PERCENTILES, piecewise_linear
+
+    outputs, site = {}, None
+    for weight in (0.0, 0.5, 1.0):
+        config = CalibrationConfig(steps=2, pool=8, field_steps=2, fallback=False,
+                                   noise_matched=False, nyul_weight=0.0,
+                                   scan_nyul_weight=weight)
+        harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(calibration=config),
+                                batch_size=8, devices=jax.devices()[:1])
+        site = site or shared_curve(harmonizer, volumes, flow.reference)
+        outputs[weight] = harmonize_volumes(harmonizer, volumes, flow.reference, site=site)
+    scale = flow.reference.nyul_scale()
+    for i, volume in enumerate(volumes):
+        zero, half, one = (outputs[w][i] for w in (0.0, 0.5, 1.0))
+        log_field = zero.transform.field.log_field(volume.world_positions())
+        corrected = (volume.slices * np.exp(-log_field))[volume.slice_masks]
+        own = np.clip(piecewise_linear(corrected, np.percentile(corrected, PERCENTILES),
+                                       scale.intensities), 0, 1)
+        np.testing.assert_allclose(one.slices[volume.slice_masks], own, atol=1e-5)
+        np.testing.assert_allclose(half.slices, (zero.slices + one.slices) / 2, atol=1e-5)
+        assert half.notes["scan_nyul_weight"] == 0.5 and "scan_nyul_weight" not in zero.notes
+    for name in ("scan_nyul_weight", "smooth_output"):
+        with pytest.raises(ValueError, match=name):
+            CalibrationConfig(**{name: -0.1})
