@@ -12,8 +12,8 @@ differences can be read subject by subject:
 
 A variant is `NAME: FIELD=VALUE, ...` (CalibrationConfig fields; `none` for None).
 `--applied "NAME: FIELD=VALUE, ..."` is a variant in how the default's site fit is applied
-(`nyul_weight`, `scan_nyul_weight`, `smooth_output`): it maps the volumes with the default's own fit, so
-one fit a site serves them all.
+(`nyul_weight`, `scan_nyul_weight`, `smooth_output`): it maps the volumes with the
+default's own fit, so one fit a site serves them all.
 Validation subjects by default (`--split test` only to report a choice made). The
 segmenter is trained as `bh-bench quality` trains it (1000 steps), or reused from
 OUT/segmenter; `--segmenter-seeds 1 2` also scores WM Dice with segmenters trained from
@@ -44,7 +44,8 @@ from bh_jax.experiments.evaluate import NYUL_PER_SITE, as_evaluation, classical_
 from bh_jax.harmonize.methods import VolumeMethod, flow_method
 from bh_jax.harmonize.settings import default_settings
 
-APPLIED_FIELDS = {"nyul_weight", "scan_nyul_weight", "smooth_output", "fallback"}  # not used by a site's fit
+# Not used by a site's fit.
+APPLIED_FIELDS = {"nyul_weight", "scan_nyul_weight", "smooth_output", "fallback"}
 
 
 def variant(text: str) -> tuple[str, dict]:
@@ -69,7 +70,8 @@ def main() -> None:
                         help="NAME: FIELD=VALUE, ... (repeatable)")
     parser.add_argument("--applied", action="append", type=variant, default=[],
                         help="NAME: FIELD=VALUE, ... of how the fit is applied (nyul_weight, "
-                             "scan_nyul_weight, smooth_output), on the default's own site fits (repeatable)")
+                             "scan_nyul_weight, smooth_output), on the default's own site "
+                             "fits (repeatable)")
     parser.add_argument("--split", default="val", choices=["val", "test"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--segmenter-seeds", type=int, nargs="*", default=[],
