@@ -148,7 +148,7 @@ def main() -> None:
     for site in args.sites:
         entries = [e for e in manifest["images"]
                    if e["split"] == args.split and e["site"] == site][:args.subjects]
-        coarse = [(data / e["path"], data / e["mask"], data / e["truth"]) for e in entries]
+        coarse = [(Path(e["path"]), Path(e["mask"]), Path(e["truth"])) for e in entries]
         fine = ([rendered_files(site, e["subject"], manifest["config"], out / "1mm")
                  for e in entries]
                 if args.fine == "rendered" else
