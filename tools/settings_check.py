@@ -69,9 +69,9 @@ def main() -> None:
     parser.add_argument("--variant", action="append", type=variant, default=[],
                         help="NAME: FIELD=VALUE, ... (repeatable)")
     parser.add_argument("--applied", action="append", type=variant, default=[],
-                        help="NAME: FIELD=VALUE, ... of how the fit is applied (nyul_weight, "
-                             "scan_nyul_weight, smooth_output), on the default's own site "
-                             "fits (repeatable)")
+                        help="NAME: FIELD=VALUE, ... of how the fit is applied "
+                             f"({', '.join(sorted(APPLIED_FIELDS))}), on the default's own "
+                             "site fits (repeatable)")
     parser.add_argument("--split", default="val", choices=["val", "test"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--segmenter-seeds", type=int, nargs="*", default=[],
