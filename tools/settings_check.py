@@ -18,7 +18,8 @@ Validation subjects by default (`--split test` only to report a choice made). Th
 segmenter is trained as `bh-bench quality` trains it (1000 steps), or reused from
 OUT/segmenter; `--segmenter-seeds 1 2` also scores WM Dice with segmenters trained from
 other seeds (OUT/segmenter-seed1, ...), to see how much of a Dice difference between
-methods is the segmenter's own. `--no-default`: the classical rows only (minutes).
+methods is the segmenter's own. `--no-default`: without the default's own fit (and its
+`--applied` rows): the `--variant` rows and Nyul's only; with no variant, minutes.
 """
 
 from __future__ import annotations
@@ -77,11 +78,14 @@ def main() -> None:
     parser.add_argument("--segmenter-seeds", type=int, nargs="*", default=[],
                         help="also score WM Dice with segmenters trained from these seeds")
     parser.add_argument("--no-default", action="store_true",
-                        help="only Nyul per scan and per site (no prior fits)")
+                        help="skip the default's own fit and its --applied rows: only the "
+                             "--variant rows and Nyul per scan and per site")
     parser.add_argument("--subjects", nargs="+",
                         help="only these subjects (e.g. sub-029 sub-031); a site's curve is "
                              "then fitted on them alone")
     args = parser.parse_args()
+    if args.no_default and args.applied:
+        parser.error("--applied maps the default's own fit, which --no-default skips")
     for name, fields in args.applied:
         if set(fields) - APPLIED_FIELDS:
             parser.error(f"--applied {name!r}: only {sorted(APPLIED_FIELDS)} leave the fit as it is")
@@ -102,8 +106,8 @@ def main() -> None:
         methods["default"] = one_fit_for_all(
             with_calibration(), {name: with_calibration(**fields)
                                  for name, fields in args.applied})
-        methods.update({name: as_evaluation(with_calibration(**fields), progress=True)
-                        for name, fields in args.variant})
+    methods.update({name: as_evaluation(with_calibration(**fields), progress=True)
+                    for name, fields in args.variant})
     classical = classical_methods(flow.reference)
     methods.update({name: classical[name] for name in ("Nyul", NYUL_PER_SITE)})
 
