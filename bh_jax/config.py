@@ -88,6 +88,14 @@ class TrainConfig:
         try"), so presets leave it off.
       contrast_low, contrast_high: a factor is exp(+-u), u uniform in
         [log contrast_low, log contrast_high] (either sign equally likely).
+      curve_weight: weight of the curve negatives (0: none). Each training
+        slice's in-brain intensities are also bent by a random smooth monotone
+        curve g (`qc.bend_intensities`), and a hinge asks the slice to score
+        better than its bent copy by the change-of-variables score (the bent
+        copy's bits/dim minus g's log-slope): the score the intensity
+        calibration maximises over curves, so that fitted on the target's own
+        images it prefers the identity (docs/methods.md, "Seventh try").
+      curve_strength: g's slope varies within 1 +- `curve_strength` (< 1).
     """
 
     batch_size: int = 16
@@ -102,6 +110,8 @@ class TrainConfig:
     contrast_margin: float = 0.01
     contrast_low: float = 1.1
     contrast_high: float = 1.4
+    curve_weight: float = 0.0
+    curve_strength: float = 0.3
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,22 @@ def scale_contrast(slices, masks, factor):
                     0.0).astype(xp.float32)
 
 
+CURVE_FREQUENCIES = 3
+
+
+def bend_intensities(slices, masks, strength, frequency):
+    """The in-mask intensities x of [..., H, W] slices through the monotone curve
+    g(x) = x + strength sin(frequency pi x) / (frequency pi), and g's log2-slope
+    summed over each slice's mask [...]. g(0) = 0, g(1) = 1 and g' = 1 + strength
+    cos(frequency pi x) > 0 for |strength| < 1; `strength` and `frequency` are
+    numbers or one per slice ([..., 1, 1]). Outside the mask x is kept. jax."""
+    masks = jnp.asarray(masks) > 0
+    angle = frequency * jnp.pi * slices
+    bent = jnp.where(masks, slices + strength * jnp.sin(angle) / (frequency * jnp.pi), slices)
+    log_slope = jnp.where(masks, jnp.log2(1.0 + strength * jnp.cos(angle)), 0.0)
+    return bent, log_slope.sum(axis=(-2, -1))
+
+
 CONTRASTS = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
 
 

@@ -20,7 +20,7 @@ from bh_jax.config import TrainConfig
 from bh_jax.flows.model import FlowModel
 from bh_jax.sharding import shard_batch
 from bh_jax.training.input_pipeline import SliceSet
-from bh_jax.training.qc import scale_contrast
+from bh_jax.training.qc import CURVE_FREQUENCIES, bend_intensities, scale_contrast
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -58,26 +58,60 @@ def contrast_factors(key: jax.Array, n: int, config: TrainConfig) -> jnp.ndarray
     return jnp.exp(jnp.where(jax.random.bernoulli(sign_key, 0.5, size.shape), size, -size))
 
 
+def curve_shapes(key: jax.Array, n: int, config: TrainConfig) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """[n, 1, 1] strengths uniform in [-curve_strength, curve_strength] and [n, 1, 1]
+    frequencies 1 to `qc.CURVE_FREQUENCIES` of `qc.bend_intensities`' curves."""
+    strength_key, frequency_key = jax.random.split(key)
+    strength = jax.random.uniform(strength_key, (n, 1, 1), minval=-config.curve_strength,
+                                  maxval=config.curve_strength)
+    frequency = jax.random.randint(frequency_key, (n, 1, 1), 1, CURVE_FREQUENCIES + 1)
+    return strength, frequency.astype(jnp.float32)
+
+
 def make_loss(model: FlowModel, config: TrainConfig) -> Callable:
     """(params, batch [B, H, W, 1], masks [B, H, W, 1] or None, key) -> (loss, bits/dim).
 
     Maximum likelihood of the dequantised batch; with `config.contrast_weight`,
     plus hinges that ask each slice to beat a contrast-scaled copy of itself by
-    `contrast_margin` bits/dim, by bits/dim and by z^2 (`TrainConfig`)."""
+    `contrast_margin` bits/dim, by bits/dim and by z^2; with `config.curve_weight`,
+    plus a hinge that asks it to beat a curve-bent copy by the change-of-variables
+    score (`TrainConfig`)."""
+    if config.curve_weight and not 0.0 <= config.curve_strength < 1.0:
+        raise ValueError(f"train.curve_strength must be in [0, 1) (a bent curve must stay "
+                         f"monotone), got {config.curve_strength}")
     z2_bits = 1.0 / (2.0 * math.log(2.0))  # z^2 per dim -> its share of bits/dim
 
-    def loss_fn(params, batch, masks, key):
-        log_prob, z2 = model.log_prob_and_z2(params, model.dequantize(key, batch))
-        bpd = model.to_bits_per_dim(log_prob)
-        if config.contrast_weight == 0:
-            return jnp.mean(bpd), bpd
-        factor_key, negative_key = jax.random.split(jax.random.fold_in(key, 1))
+    def contrast_hinge(params, batch, masks, key, bpd, z2):
+        factor_key, negative_key = jax.random.split(key)
         scaled = scale_contrast(batch, masks, contrast_factors(factor_key, len(batch), config))
         log_prob_neg, z2_neg = model.log_prob_and_z2(
             params, model.dequantize(negative_key, scaled))
-        hinge = (jax.nn.relu(config.contrast_margin + bpd - model.to_bits_per_dim(log_prob_neg))
-                 + jax.nn.relu(config.contrast_margin + z2_bits * (z2 - z2_neg)))
-        return jnp.mean(bpd + config.contrast_weight * hinge), bpd
+        return (jax.nn.relu(config.contrast_margin + bpd - model.to_bits_per_dim(log_prob_neg))
+                + jax.nn.relu(config.contrast_margin + z2_bits * (z2 - z2_neg)))
+
+    def curve_hinge(params, dequantized, masks, key, bpd):
+        # The bent copy of the same dequantised image: the change of variables is
+        # exact, so a flow that the curve fit would leave at the identity pays nothing.
+        strength, frequency = curve_shapes(key, len(dequantized), config)
+        bent, log_slope = bend_intensities(dequantized[..., 0], masks[..., 0],
+                                           strength, frequency)
+        score = (model.to_bits_per_dim(model.log_prob_and_z2(params, bent[..., None])[0])
+                 - log_slope / model.latent_size)
+        return jax.nn.relu(bpd - score)
+
+    def loss_fn(params, batch, masks, key):
+        dequantized = model.dequantize(key, batch)
+        log_prob, z2 = model.log_prob_and_z2(params, dequantized)
+        bpd = model.to_bits_per_dim(log_prob)
+        loss = bpd
+        contrast_key, curve_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
+        if config.contrast_weight:
+            loss = loss + config.contrast_weight * contrast_hinge(
+                params, batch, masks, contrast_key, bpd, z2)
+        if config.curve_weight:
+            loss = loss + config.curve_weight * curve_hinge(
+                params, dequantized, masks, curve_key, bpd)
+        return jnp.mean(loss), bpd
 
     return loss_fn
 
@@ -86,7 +120,7 @@ def make_loss(model: FlowModel, config: TrainConfig) -> Callable:
 def make_train_step(model: FlowModel, config: TrainConfig) -> Callable:
     """jit-compiled (state, batch [B, H, W, 1] in [0, 1], masks [B, H, W, 1], key)
     -> (state, bits/dim): one optimizer step on `make_loss` (masks, the brain masks,
-    only with `config.contrast_weight`; None otherwise)."""
+    only with `config.contrast_weight` or `config.curve_weight`; None otherwise)."""
     optimizer = make_optimizer(config)
     loss_fn = make_loss(model, config)
 

@@ -145,3 +145,48 @@ def test_contrast_factors_lie_either_side_of_one_in_the_range(tiny_config):
     assert size.min() >= np.log(config.contrast_low) - 1e-6
     assert size.max() <= np.log(config.contrast_high) + 1e-6
     assert 0.4 < np.mean(factors > 1) < 0.6
+
+
+def test_bent_intensities_keep_the_ends_and_their_log_slope_is_the_curves():
+    """g(0) = 0, g(1) = 1, g increasing, and the log2-slope sum equals that of g's
+    derivative by jax.grad (independent of the closed form)."""
+    from bh_jax.training.qc import bend_intensities
+
+    x = jnp.linspace(0.0, 1.0, 64).reshape(1, 8, 8)
+    mask = jnp.ones_like(x).at[0, 0, :4].set(0.0)
+    for strength, frequency in ((0.3, 1.0), (-0.5, 2.0), (0.9, 3.0)):
+        bent, log_slope = bend_intensities(x, mask, strength, frequency)
+        inside = np.asarray(bent)[np.asarray(mask) > 0]
+        assert np.all(np.diff(inside) > 0)
+        np.testing.assert_allclose(np.asarray(bent)[0, 0, :4], np.asarray(x)[0, 0, :4])
+        def g(v, s=strength, f=frequency):
+            return bend_intensities(v.reshape(1, 1), jnp.ones((1, 1)), s, f)[0][0, 0]
+
+        slopes = jax.vmap(jax.grad(g))(x.ravel()).reshape(x.shape)
+        expected = float(jnp.sum(jnp.where(mask > 0, jnp.log2(slopes), 0.0)))
+        assert float(log_slope[0]) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    ends = bend_intensities(jnp.array([[0.0, 1.0]]), jnp.ones((1, 2)), 0.7, 3.0)[0]
+    np.testing.assert_allclose(ends, [[0.0, 1.0]], atol=1e-6)
+
+
+def test_curve_hinge_is_zero_without_bending_and_never_lowers_the_loss(tiny_config,
+                                                                       tiny_slices):
+    """Strength 0: the bent copy is the image itself, so the hinge is exactly 0."""
+    loss, _, params, batch, masks = _loss_inputs(tiny_config, tiny_slices, curve_weight=3.0,
+                                                 curve_strength=0.0)
+    value, bpd = loss(params, batch, masks, jax.random.PRNGKey(3))
+    assert float(value) == pytest.approx(float(jnp.mean(bpd)), rel=1e-6)
+    loss, _, params, batch, masks = _loss_inputs(tiny_config, tiny_slices, curve_weight=1.0,
+                                                 curve_strength=0.5)
+    values = [loss(params, batch, masks, jax.random.PRNGKey(seed)) for seed in range(3)]
+    assert all(float(v) >= float(jnp.mean(b)) - 1e-6 for v, b in values)
+    assert any(float(v) > float(jnp.mean(b)) + 1e-4 for v, b in values)
+
+
+def test_a_curve_strength_that_would_fold_the_curve_is_refused(tiny_config):
+    from bh_jax.training.state import make_loss
+
+    config = tiny_config.replace(train={"curve_weight": 1.0, "curve_strength": 1.0})
+    model = FlowModel(config.flow, config.data.height, config.data.width)
+    with pytest.raises(ValueError, match="curve_strength"):
+        make_loss(model, config.train)
