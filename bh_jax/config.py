@@ -113,6 +113,11 @@ class TrainConfig:
     curve_weight: float = 0.0
     curve_strength: float = 0.3
 
+    @property
+    def reads_masks(self) -> bool:
+        """Whether the train step needs the brain masks (only the negatives do)."""
+        return bool(self.contrast_weight or self.curve_weight)
+
 
 @dataclass(frozen=True)
 class PhantomConfig:

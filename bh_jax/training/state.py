@@ -120,7 +120,7 @@ def make_loss(model: FlowModel, config: TrainConfig) -> Callable:
 def make_train_step(model: FlowModel, config: TrainConfig) -> Callable:
     """jit-compiled (state, batch [B, H, W, 1] in [0, 1], masks [B, H, W, 1], key)
     -> (state, bits/dim): one optimizer step on `make_loss` (masks, the brain masks,
-    only with `config.contrast_weight` or `config.curve_weight`; None otherwise)."""
+    only if `config.reads_masks`; None otherwise)."""
     optimizer = make_optimizer(config)
     loss_fn = make_loss(model, config)
 

@@ -149,9 +149,9 @@ def train(config: Config, workdir: str | Path, train_set: SliceSet, val_set: Sli
         for step in range(start, end):
             index = batch_indices(len(train_set), tc.batch_size, tc.seed, step)
             batch = shard_batch(mesh, train_set.slices[index][..., None])
-            # Only the negatives read the masks: no copy per step without them.
+            # No copy of the masks per step unless the loss reads them.
             masks = (shard_batch(mesh, train_set.masks[index][..., None])
-                     if tc.contrast_weight or tc.curve_weight else None)
+                     if tc.reads_masks else None)
             state, bpd = train_step(state, batch, masks, key)
             done = step + 1
             if time.perf_counter() >= deadline:
