@@ -88,6 +88,8 @@ class SiteCurve:
         measured on the slices `final` was fitted on (noise-matched, divided by
         their fields), for `CalibrationConfig.nyul_weight`; None without a Nyul
         scale.
+      field_gains: {volume path: what its field fit lowered the loss by, in
+        bits/dim} of the volumes fitted on (`field_gain`); empty without fields.
     """
 
     first: IntensityCurve
@@ -96,12 +98,13 @@ class SiteCurve:
     volumes: int
     noisy: bool | None = None
     landmarks: np.ndarray | None = None
+    field_gains: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         landmarks = None if self.landmarks is None else np.asarray(self.landmarks).tolist()
         return {"curve": self.final.as_dict(), "before_fields": self.first.as_dict(),
                 "fitted_on_volumes": self.volumes, "noisier_than_target": self.noisy,
-                "nyul_site_landmarks": landmarks}
+                "nyul_site_landmarks": landmarks, "field_gains_bits_per_dim": self.field_gains}
 
 
 @dataclass(frozen=True)
@@ -161,12 +164,25 @@ def field_frame(prepared: PreparedVolume) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def volume_field(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndarray,
-                 curve: IntensityCurve) -> BiasField:
-    """The volume's multiplicative field under a held `curve` (its fit slices)."""
+                 curve: IntensityCurve) -> tuple[BiasField, float]:
+    """(the volume's multiplicative field under a held `curve` (its fit slices),
+    its `field_gain`)."""
     basis, center, half = field_frame(prepared)
-    coefficients, _ = calibrator.field(slices, prepared.slice_masks, basis, curve,
-                                       calibrator.config.field_penalty)
-    return BiasField(coefficients, center, half)
+    coefficients, history = calibrator.field(slices, prepared.slice_masks, basis, curve,
+                                             calibrator.config.field_penalty)
+    return BiasField(coefficients, center, half), field_gain(history)
+
+
+def field_gain(history: np.ndarray) -> float:
+    """What a field fit lowered its loss by (bits/dim, the penalty included): the
+    loss without a field (the fit's first step) minus the lowest it reached; 0 for
+    a fit that gave NaN/Inf. A diagnostic, not a test: on the `demo` validation
+    subjects a shift (no field of its own) gains as much as a scanner with one
+    (0.0005-0.009 a scan against 0.001-0.015; docs/methods.md)."""
+    history = np.asarray(history, np.float64)
+    if history.size == 0 or not np.all(np.isfinite(history)):
+        return 0.0
+    return float(max(history[0] - history.min(), 0.0))
 
 
 def log_field_of(prepared: PreparedVolume, field: BiasField | None) -> np.ndarray | None:
@@ -200,12 +216,14 @@ def fit_site_curve(calibrator: Calibrator, prepared: list[PreparedVolume],
     if config.field_penalty is None:
         return SiteCurve(first, first, {}, len(prepared), noisy,
                          corrected_landmarks([(x, m, None) for x, m in inputs], reference))
-    fields = [volume_field(calibrator, p, x, first) for p, (x, _) in zip(prepared, inputs)]
+    fitted = [volume_field(calibrator, p, x, first) for p, (x, _) in zip(prepared, inputs)]
+    fields = [f for f, _ in fitted]
+    gains = {p.volume.path: g for p, (_, g) in zip(prepared, fitted)}
     corrected = [(x, m, log_field_of(p, f)) for p, (x, m), f in zip(prepared, inputs, fields)]
     final, _ = calibrator.shared_curve(corrected, reference)
     return SiteCurve(first, final, {p.volume.path: f.coefficients
                                     for p, f in zip(prepared, fields)}, len(prepared), noisy,
-                     corrected_landmarks(corrected, reference))
+                     corrected_landmarks(corrected, reference), gains)
 
 
 def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
@@ -221,22 +239,24 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
              "noise_smoothing_px": smoothing}
     if site is None:
         first, _ = calibrator.curve(slices, prepared.slice_masks, reference)
-        final, fields, log_field = first, {}, None
+        final, fields, log_field, gains = first, {}, None, {}
         if config.field_penalty is not None:
-            field = volume_field(calibrator, prepared, slices, first)
+            field, gain = volume_field(calibrator, prepared, slices, first)
             log_field = log_field_of(prepared, field)
             final, _ = calibrator.curve(slices, prepared.slice_masks, reference, log_field)
-            fields = {prepared.volume.path: field.coefficients}
+            fields, gains = {prepared.volume.path: field.coefficients}, {prepared.volume.path: gain}
         site = SiteCurve(first, final, fields, 1, landmarks=corrected_landmarks(
-            [(slices, prepared.slice_masks, log_field)], reference))
+            [(slices, prepared.slice_masks, log_field)], reference), field_gains=gains)
     field = None
     if config.field_penalty is not None:
         coefficients = site.fields.get(prepared.volume.path)
         if coefficients is None:
-            field = volume_field(calibrator, prepared, slices, site.first)
+            field, _ = volume_field(calibrator, prepared, slices, site.first)
         else:
             field = BiasField(coefficients, *field_frame(prepared)[1:])
     notes["fitted"] = site.final.fitted
+    if prepared.volume.path in site.field_gains:
+        notes["field_gain_bits_per_dim"] = site.field_gains[prepared.volume.path]
     smoothing_mm = (smoothing * float(config.smooth_output)
                     * float(np.mean(in_plane_mm(prepared.volume.canonical_affine))))
     transform = IntensityTransform(site.final.knots, site.final.values, field=field,

@@ -22,6 +22,7 @@ from bh_jax.harmonize.pipeline import (
     classical,
     curve_fit_status,
     field_frame,
+    field_gain,
     safety_net,
     shared_curve,
     site_is_noisy,
@@ -230,6 +231,32 @@ def test_shared_curve_is_one_fit_on_the_volumes_together(flow, volumes):
                                 site=SiteCurve(given, given, {}, 1))
     np.testing.assert_array_equal(results[0].transform.values, given.values)
     assert harmonizer.calibrator.compilations == 1
+
+
+def test_field_gain_is_the_loss_without_a_field_minus_the_lowest():
+    assert field_gain(np.array([4.25, 4.0, 4.125, 4.0625])) == 0.25
+    assert field_gain(np.array([4.0, 4.5])) == 0.0  # a fit that only rose gained nothing
+    assert field_gain(np.array([4.0, np.nan])) == 0.0
+    assert field_gain(np.array([])) == 0.0
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_each_volumes_field_gain_is_reported(flow, volumes, shared):
+    """With fields, each volume's notes say what its field fit gained (as the site's
+    fit records it); without, they say nothing."""
+    def run(**fields):
+        config = CalibrationConfig(steps=2, pool=8, field_steps=2, fallback=False,
+                                   shared=shared, **fields)
+        harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(
+            solver="curve", init="calibrated", calibration=config), batch_size=8,
+            devices=jax.devices()[:1])
+        return harmonize_volumes(harmonizer, volumes[:2], flow.reference)
+
+    for fitted, plain in zip(run(), run(field_penalty=None), strict=True):
+        assert fitted.transform.field is not None and plain.transform.field is None
+        gain = fitted.notes["field_gain_bits_per_dim"]
+        assert np.isfinite(gain) and gain >= 0
+        assert "field_gain_bits_per_dim" not in plain.notes
 
 
 def test_safety_net_falls_back_to_nyul_where_the_prior_prefers_it(flow, volumes):

@@ -1,0 +1,55 @@
+"""How much does each scan's bias-field fit gain? (validation subjects)
+
+Fits each site's curve and fields as the default does (`pipeline.fit_site_curve`) and
+prints what every scan's field fit lowered the loss by (`pipeline.field_gain`,
+bits/dim), with the site's median. Could the gain tell a site whose scans have a
+bias field from one whose scans have none (an intensity shift of the target), so
+that only the first gets fields? On the `demo` validation subjects it cannot
+(docs/methods.md, "A field only where the likelihood wants one").
+
+    python tools/field_gains.py --checkpoint bh_jax/pretrained/demo \
+        --data-dir data/phantom-demo --out runs/field-gains.json \
+        --sites target exp log gamma0.7 gamma1.5 siteA siteB siteC siteD
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from noise_check import site_volumes
+
+from bh_jax.data.phantom import ensure_phantom
+from bh_jax.harmonize.engine import Harmonizer
+from bh_jax.harmonize.pipeline import fit_site_curve
+from bh_jax.harmonize.settings import default_settings
+from bh_jax.training.checkpoint import load_flow
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--out", required=True, help="JSON file of the gains")
+    parser.add_argument("--sites", nargs="+", required=True)
+    parser.add_argument("--split", default="val", choices=["val", "test"])
+    args = parser.parse_args()
+
+    flow = load_flow(args.checkpoint)
+    manifest = ensure_phantom(args.data_dir, flow.config.phantom.evaluation(), flow.config.name)
+    calibrator = Harmonizer(flow.model, flow.params, default_settings(), 32).calibrator
+    gains = {}
+    for site in args.sites:
+        _, sources, _, _ = site_volumes(manifest, args.split, site, flow.config.data)
+        fit = fit_site_curve(calibrator, sources, flow.reference)
+        gains[site] = {Path(path).name: gain for path, gain in fit.field_gains.items()}
+        values = list(gains[site].values())
+        print(f"{site}: median {np.median(values):.5f}, scans "
+              + " ".join(f"{g:.5f}" for g in values), flush=True)
+        Path(args.out).write_text(json.dumps(gains, indent=1))
+
+
+if __name__ == "__main__":
+    main()
