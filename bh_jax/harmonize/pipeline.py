@@ -247,16 +247,16 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
             fields, gains = {prepared.volume.path: field.coefficients}, {prepared.volume.path: gain}
         site = SiteCurve(first, final, fields, 1, landmarks=corrected_landmarks(
             [(slices, prepared.slice_masks, log_field)], reference), field_gains=gains)
-    field = None
+    field, gain = None, site.field_gains.get(prepared.volume.path)
     if config.field_penalty is not None:
         coefficients = site.fields.get(prepared.volume.path)
         if coefficients is None:
-            field, _ = volume_field(calibrator, prepared, slices, site.first)
+            field, gain = volume_field(calibrator, prepared, slices, site.first)
         else:
             field = BiasField(coefficients, *field_frame(prepared)[1:])
     notes["fitted"] = site.final.fitted
-    if prepared.volume.path in site.field_gains:
-        notes["field_gain_bits_per_dim"] = site.field_gains[prepared.volume.path]
+    if gain is not None:
+        notes["field_gain_bits_per_dim"] = gain
     smoothing_mm = (smoothing * float(config.smooth_output)
                     * float(np.mean(in_plane_mm(prepared.volume.canonical_affine))))
     transform = IntensityTransform(site.final.knots, site.final.values, field=field,
