@@ -90,6 +90,7 @@ class SiteCurve:
         scale.
       field_gains: {volume path: what its field fit lowered the loss by, in
         bits/dim} of the volumes fitted on (`field_gain`); empty without fields.
+      field_sizes: {volume path: `field_size` of its fitted field}; empty without.
     """
 
     first: IntensityCurve
@@ -99,12 +100,14 @@ class SiteCurve:
     noisy: bool | None = None
     landmarks: np.ndarray | None = None
     field_gains: dict[str, float] = field(default_factory=dict)
+    field_sizes: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         landmarks = None if self.landmarks is None else np.asarray(self.landmarks).tolist()
         return {"curve": self.final.as_dict(), "before_fields": self.first.as_dict(),
                 "fitted_on_volumes": self.volumes, "noisier_than_target": self.noisy,
-                "nyul_site_landmarks": landmarks, "field_gains_bits_per_dim": self.field_gains}
+                "nyul_site_landmarks": landmarks, "field_gains_bits_per_dim": self.field_gains,
+                "field_log_std": self.field_sizes}
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,17 @@ def field_gain(history: np.ndarray) -> float:
     return float(max(history[0] - history.min(), 0.0))
 
 
+def field_size(prepared: PreparedVolume, coefficients: np.ndarray) -> float:
+    """The std over a volume's brain of a fitted field's log (its size; a constant
+    is the curve's): how far the field bends the volume's intensities. A diagnostic:
+    site medians order as the `demo` data's field amplitudes, but a site of three
+    scans cannot be told from a shift of the target by it (docs/methods.md)."""
+    world = prepared.brain_world_positions()
+    center, half = brain_box(world)
+    log_field = field_basis(world, center, half) @ np.asarray(coefficients, np.float64)
+    return float(np.std(log_field)) if log_field.size else 0.0
+
+
 def log_field_of(prepared: PreparedVolume, field: BiasField | None) -> np.ndarray | None:
     return None if field is None else field.log_field(prepared.world_positions()).astype(
         np.float32)
@@ -219,11 +233,12 @@ def fit_site_curve(calibrator: Calibrator, prepared: list[PreparedVolume],
     fitted = [volume_field(calibrator, p, x, first) for p, (x, _) in zip(prepared, inputs)]
     fields = [f for f, _ in fitted]
     gains = {p.volume.path: g for p, (_, g) in zip(prepared, fitted)}
+    sizes = {p.volume.path: field_size(p, f.coefficients) for p, f in zip(prepared, fields)}
     corrected = [(x, m, log_field_of(p, f)) for p, (x, m), f in zip(prepared, inputs, fields)]
     final, _ = calibrator.shared_curve(corrected, reference)
     return SiteCurve(first, final, {p.volume.path: f.coefficients
                                     for p, f in zip(prepared, fields)}, len(prepared), noisy,
-                     corrected_landmarks(corrected, reference), gains)
+                     corrected_landmarks(corrected, reference), gains, sizes)
 
 
 def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
@@ -238,25 +253,21 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
     notes = {"noise_contrast_ratio_target": float(reference.noise_ratio),
              "noise_smoothing_px": smoothing}
     if site is None:
-        first, _ = calibrator.curve(slices, prepared.slice_masks, reference)
-        final, fields, log_field, gains = first, {}, None, {}
-        if config.field_penalty is not None:
-            field, gain = volume_field(calibrator, prepared, slices, first)
-            log_field = log_field_of(prepared, field)
-            final, _ = calibrator.curve(slices, prepared.slice_masks, reference, log_field)
-            fields, gains = {prepared.volume.path: field.coefficients}, {prepared.volume.path: gain}
-        site = SiteCurve(first, final, fields, 1, landmarks=corrected_landmarks(
-            [(slices, prepared.slice_masks, log_field)], reference), field_gains=gains)
-    field, gain = None, site.field_gains.get(prepared.volume.path)
+        site = own_curve(calibrator, prepared, slices, reference)
+    path = prepared.volume.path
+    field, gain, size = None, site.field_gains.get(path), site.field_sizes.get(path)
     if config.field_penalty is not None:
-        coefficients = site.fields.get(prepared.volume.path)
+        coefficients = site.fields.get(path)
         if coefficients is None:
             field, gain = volume_field(calibrator, prepared, slices, site.first)
+            size = field_size(prepared, field.coefficients)
         else:
             field = BiasField(coefficients, *field_frame(prepared)[1:])
     notes["fitted"] = site.final.fitted
     if gain is not None:
         notes["field_gain_bits_per_dim"] = gain
+    if size is not None:
+        notes["field_log_std"] = size
     smoothing_mm = (smoothing * float(config.smooth_output)
                     * float(np.mean(in_plane_mm(prepared.volume.canonical_affine))))
     transform = IntensityTransform(site.final.knots, site.final.values, field=field,
@@ -274,6 +285,24 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
             notes["scan_nyul_weight"] = config.scan_nyul_weight
     return safety_net(calibrator, prepared, slices, transform, reference, notes,
                       config.fallback)
+
+
+def own_curve(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndarray,
+              reference: TargetReference) -> SiteCurve:
+    """A volume's own curve (and field) from its fit `slices`, as a site of one."""
+    first, _ = calibrator.curve(slices, prepared.slice_masks, reference)
+    path = prepared.volume.path
+    if calibrator.config.field_penalty is None:
+        return SiteCurve(first, first, {}, 1, landmarks=corrected_landmarks(
+            [(slices, prepared.slice_masks, None)], reference))
+    field, gain = volume_field(calibrator, prepared, slices, first)
+    log_field = log_field_of(prepared, field)
+    final, _ = calibrator.curve(slices, prepared.slice_masks, reference, log_field)
+    return SiteCurve(first, final, {path: field.coefficients}, 1,
+                     landmarks=corrected_landmarks([(slices, prepared.slice_masks, log_field)],
+                                                   reference),
+                     field_gains={path: gain},
+                     field_sizes={path: field_size(prepared, field.coefficients)})
 
 
 def safety_net(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndarray,

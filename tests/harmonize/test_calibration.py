@@ -23,6 +23,7 @@ from bh_jax.harmonize.pipeline import (
     curve_fit_status,
     field_frame,
     field_gain,
+    field_size,
     safety_net,
     shared_curve,
     site_is_noisy,
@@ -241,9 +242,9 @@ def test_field_gain_is_the_loss_without_a_field_minus_the_lowest():
 
 
 @pytest.mark.parametrize("shared", [True, False])
-def test_each_volumes_field_gain_is_reported(flow, volumes, shared):
+def test_each_volumes_field_gain_and_size_are_reported(flow, volumes, shared):
     """With fields, each volume's notes say what its field fit gained (as the site's
-    fit records it); without, they say nothing."""
+    fit records it) and how large the field is; without, they say nothing."""
     def run(**fields):
         config = CalibrationConfig(steps=2, pool=8, field_steps=2, fallback=False,
                                    shared=shared, **fields)
@@ -256,7 +257,22 @@ def test_each_volumes_field_gain_is_reported(flow, volumes, shared):
         assert fitted.transform.field is not None and plain.transform.field is None
         gain = fitted.notes["field_gain_bits_per_dim"]
         assert np.isfinite(gain) and gain >= 0
+        assert fitted.notes["field_log_std"] == pytest.approx(
+            field_size(fitted.prepared, fitted.transform.field.coefficients))
         assert "field_gain_bits_per_dim" not in plain.notes
+        assert "field_log_std" not in plain.notes
+
+
+def test_field_size_is_the_log_field_std_over_the_brain(volumes):
+    volume = volumes[0]
+    world = volume.brain_world_positions().astype(np.float64)
+    low, high = world.min(axis=0), world.max(axis=0)
+    x = (world[:, 0] - (low[0] + high[0]) / 2) / ((high[0] - low[0]) / 2)
+    coefficients = np.zeros(9)
+    coefficients[0], coefficients[3] = 0.2, -0.1  # 0.2 x - 0.1 x^2
+    np.testing.assert_allclose(field_size(volume, coefficients), np.std(0.2 * x - 0.1 * x * x),
+                               rtol=1e-6)
+    assert field_size(volume, np.zeros(9)) == 0.0
 
 
 def test_safety_net_falls_back_to_nyul_where_the_prior_prefers_it(flow, volumes):
