@@ -42,17 +42,17 @@ def main() -> None:
     flow = load_flow(args.checkpoint)
     manifest = ensure_phantom(args.data_dir, flow.config.phantom.evaluation(), flow.config.name)
     calibrator = Harmonizer(flow.model, flow.params, default_settings(), 32).calibrator
-    gains = {}
+    fits = {}
     for site in args.sites:
         _, sources, _, _ = site_volumes(manifest, args.split, site, flow.config.data)
         fit = fit_site_curve(calibrator, sources, flow.reference)
-        gains[site] = {Path(path).name: {"gain": gain, "log_std": fit.field_sizes[path]}
-                       for path, gain in fit.field_gains.items()}
+        fits[site] = {Path(path).name: {"gain": gain, "log_std": fit.field_sizes[path]}
+                      for path, gain in fit.field_gains.items()}
         for key in ("gain", "log_std"):
-            values = [scan[key] for scan in gains[site].values()]
+            values = [scan[key] for scan in fits[site].values()]
             print(f"{site} {key}: median {np.median(values):.5f}, scans "
                   + " ".join(f"{v:.5f}" for v in values), flush=True)
-        Path(args.out).write_text(json.dumps(gains, indent=1))
+        Path(args.out).write_text(json.dumps(fits, indent=1))
 
 
 if __name__ == "__main__":

@@ -188,14 +188,12 @@ def field_gain(history: np.ndarray) -> float:
     return float(max(history[0] - history.min(), 0.0))
 
 
-def field_size(prepared: PreparedVolume, coefficients: np.ndarray) -> float:
-    """The std over a volume's brain of a fitted field's log (its size; a constant
-    is the curve's): how far the field bends the volume's intensities. A diagnostic:
-    site medians order as the `demo` data's field amplitudes, but a site of three
-    scans cannot be told from a shift of the target by it (docs/methods.md)."""
-    world = prepared.brain_world_positions()
-    center, half = brain_box(world)
-    log_field = field_basis(world, center, half) @ np.asarray(coefficients, np.float64)
+def field_size(prepared: PreparedVolume, field: BiasField) -> float:
+    """The std over a volume's brain of its field's log (its size; a constant is the
+    curve's): how far the field bends the volume's intensities. A diagnostic: site
+    medians order as the `demo` data's field amplitudes, but a site of three scans
+    cannot be told from a shift of the target by it (docs/methods.md)."""
+    log_field = field.log_field(prepared.brain_world_positions())
     return float(np.std(log_field)) if log_field.size else 0.0
 
 
@@ -233,7 +231,7 @@ def fit_site_curve(calibrator: Calibrator, prepared: list[PreparedVolume],
     fitted = [volume_field(calibrator, p, x, first) for p, (x, _) in zip(prepared, inputs)]
     fields = [f for f, _ in fitted]
     gains = {p.volume.path: g for p, (_, g) in zip(prepared, fitted)}
-    sizes = {p.volume.path: field_size(p, f.coefficients) for p, f in zip(prepared, fields)}
+    sizes = {p.volume.path: field_size(p, f) for p, f in zip(prepared, fields)}
     corrected = [(x, m, log_field_of(p, f)) for p, (x, m), f in zip(prepared, inputs, fields)]
     final, _ = calibrator.shared_curve(corrected, reference)
     return SiteCurve(first, final, {p.volume.path: f.coefficients
@@ -260,7 +258,7 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
         coefficients = site.fields.get(path)
         if coefficients is None:
             field, gain = volume_field(calibrator, prepared, slices, site.first)
-            size = field_size(prepared, field.coefficients)
+            size = field_size(prepared, field)
         else:
             field = BiasField(coefficients, *field_frame(prepared)[1:])
     notes["fitted"] = site.final.fitted
@@ -302,7 +300,7 @@ def own_curve(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndarr
                      landmarks=corrected_landmarks([(slices, prepared.slice_masks, log_field)],
                                                    reference),
                      field_gains={path: gain},
-                     field_sizes={path: field_size(prepared, field.coefficients)})
+                     field_sizes={path: field_size(prepared, field)})
 
 
 def safety_net(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndarray,

@@ -30,7 +30,7 @@ from bh_jax.harmonize.pipeline import (
     transformed_slices,
 )
 from bh_jax.harmonize.settings import CalibrationConfig
-from bh_jax.harmonize.transform import IntensityTransform
+from bh_jax.harmonize.transform import BiasField, IntensityTransform
 from bh_jax.preprocess import (
     in_plane_mm,
     noise_contrast_ratio,
@@ -258,7 +258,7 @@ def test_each_volumes_field_gain_and_size_are_reported(flow, volumes, shared):
         gain = fitted.notes["field_gain_bits_per_dim"]
         assert np.isfinite(gain) and gain >= 0
         assert fitted.notes["field_log_std"] == pytest.approx(
-            field_size(fitted.prepared, fitted.transform.field.coefficients))
+            field_size(fitted.prepared, fitted.transform.field))
         assert "field_gain_bits_per_dim" not in plain.notes
         assert "field_log_std" not in plain.notes
 
@@ -270,9 +270,10 @@ def test_field_size_is_the_log_field_std_over_the_brain(volumes):
     x = (world[:, 0] - (low[0] + high[0]) / 2) / ((high[0] - low[0]) / 2)
     coefficients = np.zeros(9)
     coefficients[0], coefficients[3] = 0.2, -0.1  # 0.2 x - 0.1 x^2
-    np.testing.assert_allclose(field_size(volume, coefficients), np.std(0.2 * x - 0.1 * x * x),
-                               rtol=1e-6)
-    assert field_size(volume, np.zeros(9)) == 0.0
+    frame = field_frame(volume)[1:]
+    np.testing.assert_allclose(field_size(volume, BiasField(coefficients, *frame)),
+                               np.std(0.2 * x - 0.1 * x * x), rtol=1e-6)
+    assert field_size(volume, BiasField(np.zeros(9), *frame)) == 0.0
 
 
 def test_safety_net_falls_back_to_nyul_where_the_prior_prefers_it(flow, volumes):
