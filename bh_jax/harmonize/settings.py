@@ -84,16 +84,18 @@ class CalibrationConfig:
         scans (the landmarks measured on the slices the curve was fitted on,
         `pipeline.SiteCurve.landmarks`). The likelihood's curve carries the prior's
         preference for low-contrast images, which costs white-matter Dice; per-site
-        Nyul does not. 0.75: the weight with the best worst-domain Dice margin over
-        Nyul on the validation subjects, at 1.3 dB below 0.5 on the shifts and
-        above it on every scanner site (docs/methods.md). 0: the curve alone.
+        Nyul does not. 1: chosen with `scan_nyul_weight` 0.375 on 20 validation
+        subjects (docs/methods.md); the curve's shape then drops out, and the flow's
+        likelihood acts through each scan's field (which corrects the slices the
+        landmarks are measured on), the noise matching and the safety net. 0: the
+        curve alone.
       scan_nyul_weight: v in [0, 1]: then (1 - v) * that transform + v * the
         volume's own Nyul map, its landmarks measured on the same corrected slices.
         A scan's own map moves the subject onto the population's contrast, which a
-        target-trained segmenter separates best. 0.5: the best worst-shift WM Dice
-        margin over Nyul on 20 validation subjects (+0.0001; 0.25: -0.0007), at
-        3.2 to 4.3 dB above Nyul's PSNR on the shifts; with `smooth_output` 0.5 it
-        is above Nyul's PSNR, SSIM and Dice on the scanner sites of the standard
+        target-trained segmenter separates best; the site's map keeps more of the
+        subject's own. 0.375 (with `nyul_weight` 1): on 20 validation subjects 1.2 to
+        2.0 dB above (0.75, 0.5) on the shifts at the same WM Dice (within 0.0001),
+        and above Nyul's PSNR, SSIM and Dice on the scanner sites of the standard
         validation subjects (docs/methods.md). 0: none.
     """
 
@@ -108,8 +110,8 @@ class CalibrationConfig:
     field_penalty: float | None = 1.0
     field_steps: int = 10
     fallback: bool = False
-    nyul_weight: float = 0.75
-    scan_nyul_weight: float = 0.5
+    nyul_weight: float = 1.0
+    scan_nyul_weight: float = 0.375
 
     def __post_init__(self):
         for name in ("segments", "steps", "pool", "field_steps"):
