@@ -17,7 +17,12 @@ import numpy as np
 from bh_jax.baselines.hm import histogram_match
 from bh_jax.baselines.nyul import landmarks, site_landmarks
 from bh_jax.baselines.ssimh import spectrum_swap
-from bh_jax.harmonize.calibration import Calibrator, IntensityCurve, curve_parameters
+from bh_jax.harmonize.calibration import (
+    Calibrator,
+    IntensityCurve,
+    curve_parameters,
+    source_knots,
+)
 from bh_jax.harmonize.engine import Harmonizer
 from bh_jax.harmonize.settings import Weights
 from bh_jax.harmonize.transform import (
@@ -77,7 +82,10 @@ class SiteCurve:
     Attributes:
       first: fitted on the (noise-matched) volumes as they are.
       final: with fields, refitted on the volumes corrected by their fields (each
-        fitted with `first` held); else `first`.
+        fitted with `first` held); else `first`. Not refitted where the transform
+        weights its shape 0 (`nyul_weight` 1 with a Nyul scale, `refitted` False):
+        then `first` on the knots the refit would have had, so that the transform
+        still spans the corrected volumes' range.
       fields: {volume path: field coefficients [9]} of the volumes it was fitted
         on (a run reuses them instead of fitting them again).
       volumes: how many volumes it was fitted on.
@@ -91,6 +99,7 @@ class SiteCurve:
       field_gains: {volume path: what its field fit lowered the loss by, in
         bits/dim} of the volumes fitted on (`field_gain`); empty without fields.
       field_sizes: {volume path: `field_size` of its fitted field}; empty without.
+      refitted: whether `final` was refitted after the fields.
     """
 
     first: IntensityCurve
@@ -101,10 +110,13 @@ class SiteCurve:
     landmarks: np.ndarray | None = None
     field_gains: dict[str, float] = field(default_factory=dict)
     field_sizes: dict[str, float] = field(default_factory=dict)
+    refitted: bool = True
 
     def as_dict(self) -> dict:
         landmarks = None if self.landmarks is None else np.asarray(self.landmarks).tolist()
-        return {"curve": self.final.as_dict(), "before_fields": self.first.as_dict(),
+        return {"curve": self.final.as_dict() if self.refitted else None,
+                "curve_refitted_after_fields": self.refitted,
+                "before_fields": self.first.as_dict(),
                 "fitted_on_volumes": self.volumes, "noisier_than_target": self.noisy,
                 "nyul_site_landmarks": landmarks, "field_gains_bits_per_dim": self.field_gains,
                 "field_log_std": self.field_sizes}
@@ -214,12 +226,28 @@ def corrected_landmarks(inputs: list[tuple], reference: TargetReference) -> np.n
     return site_landmarks(brains, percentiles)
 
 
+def refit_after_fields(calibrator: Calibrator, first: IntensityCurve, corrected: list[tuple],
+                       reference: TargetReference, landmarks: np.ndarray | None
+                       ) -> tuple[IntensityCurve, bool]:
+    """(the curve of volumes' (slices, masks, log field) corrected by their fields,
+    whether it was refitted): the refit is skipped where the transform would weight
+    its shape 0 (`nyul_weight` 1 and the site's Nyul `landmarks`), which saves a
+    curve fit per site; then `first` on the knots the refit would have had."""
+    if calibrator.config.nyul_weight < 1 or landmarks is None:
+        return calibrator.shared_curve(corrected, reference)[0], True
+    slices = np.concatenate([x * np.exp(-f) for x, _, f in corrected])
+    masks = np.concatenate([np.asarray(m, bool) for _, m, _ in corrected])
+    knots = source_knots(slices, masks, calibrator.config.segments)
+    values = np.interp(knots, first.knots, first.values)
+    return IntensityCurve(knots, values, fitted=first.fitted), False
+
+
 def fit_site_curve(calibrator: Calibrator, prepared: list[PreparedVolume],
                    reference: TargetReference) -> SiteCurve:
     """One site's curve from its volumes (`CalibrationConfig` says how): the curve of
     the volumes pooled; with fields, each volume's field under it, then the curve
-    refitted on the volumes corrected by their fields. Also the site's Nyul
-    landmarks of the same corrected slices."""
+    refitted on the volumes corrected by their fields (`refit_after_fields`). Also
+    the site's Nyul landmarks of the same corrected slices."""
     config = calibrator.config
     noisy = site_is_noisy(prepared, reference)[0] if config.noise_by_site else None
     inputs = [(fit_slices(p, reference, config.noise_matched and noisy is not False)[0],
@@ -233,10 +261,11 @@ def fit_site_curve(calibrator: Calibrator, prepared: list[PreparedVolume],
     gains = {p.volume.path: g for p, (_, g) in zip(prepared, fitted)}
     sizes = {p.volume.path: field_size(p, f) for p, f in zip(prepared, fields)}
     corrected = [(x, m, log_field_of(p, f)) for p, (x, m), f in zip(prepared, inputs, fields)]
-    final, _ = calibrator.shared_curve(corrected, reference)
+    landmarks = corrected_landmarks(corrected, reference)
+    final, refitted = refit_after_fields(calibrator, first, corrected, reference, landmarks)
     return SiteCurve(first, final, {p.volume.path: f.coefficients
                                     for p, f in zip(prepared, fields)}, len(prepared), noisy,
-                     corrected_landmarks(corrected, reference), gains, sizes)
+                     landmarks, gains, sizes, refitted)
 
 
 def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
@@ -294,13 +323,12 @@ def own_curve(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndarr
         return SiteCurve(first, first, {}, 1, landmarks=corrected_landmarks(
             [(slices, prepared.slice_masks, None)], reference))
     field, gain = volume_field(calibrator, prepared, slices, first)
-    log_field = log_field_of(prepared, field)
-    final, _ = calibrator.curve(slices, prepared.slice_masks, reference, log_field)
-    return SiteCurve(first, final, {path: field.coefficients}, 1,
-                     landmarks=corrected_landmarks([(slices, prepared.slice_masks, log_field)],
-                                                   reference),
+    corrected = [(slices, prepared.slice_masks, log_field_of(prepared, field))]
+    landmarks = corrected_landmarks(corrected, reference)
+    final, refitted = refit_after_fields(calibrator, first, corrected, reference, landmarks)
+    return SiteCurve(first, final, {path: field.coefficients}, 1, landmarks=landmarks,
                      field_gains={path: gain},
-                     field_sizes={path: field_size(prepared, field)})
+                     field_sizes={path: field_size(prepared, field)}, refitted=refitted)
 
 
 def safety_net(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndarray,

@@ -84,6 +84,13 @@ def output_state(job: Job, signature: dict | None) -> str:
     return f"stale: made with another {' and '.join(differs) or 'version'}"
 
 
+def as_given(path: str | os.PathLike) -> Path:
+    """An input's absolute path with its symbolic links kept: its folder (the site
+    by folder), name (the output's, a site table's key) and mask are the ones the
+    user named, also where every file is a link (a DataLad or git-annex data set)."""
+    return Path(os.path.abspath(path))
+
+
 def is_output(path: Path, output_dir: Path) -> bool:
     """Whether an input is one of this folder's outputs (never harmonized again)."""
     return (path.resolve().parent == Path(output_dir).resolve()
@@ -95,8 +102,9 @@ def plan_jobs(inputs: list[Path], output_dir: str | Path, overwrite: bool = Fals
               ) -> tuple[list[Job], list[Path]]:
     """(jobs to run, inputs skipped because their output is done) for a run.
 
-    The same file named twice (a relative and an absolute path) is one input; this
-    folder's own outputs are never inputs. `sites` maps inputs to site labels.
+    The same file named twice (a relative and an absolute path, or a link to it) is
+    one input, under the first name given (`as_given`); this folder's own outputs
+    are never inputs. `sites` maps inputs (`as_given`) to site labels.
 
     Raises:
       ValueError (one line): two inputs would write the same output (same file
@@ -105,8 +113,11 @@ def plan_jobs(inputs: list[Path], output_dir: str | Path, overwrite: bool = Fals
         settings or another checkpoint.
     """
     output_dir = Path(output_dir)
-    unique = list(dict.fromkeys(Path(p).resolve() for p in inputs
-                                if not is_output(Path(p), output_dir)))
+    first_names: dict[Path, Path] = {}
+    for p in inputs:
+        if not is_output(Path(p), output_dir):
+            first_names.setdefault(Path(p).resolve(), as_given(p))
+    unique = list(first_names.values())
     by_output: dict[Path, list[Path]] = {}
     for path in unique:
         by_output.setdefault(output_path(output_dir, path), []).append(path)
@@ -185,7 +196,7 @@ def site_of(path: Path, table: dict[str, str]) -> str | None:
 def site_groups(inputs: list[Path], sites: str) -> tuple[dict[Path, str], str]:
     """({input: site label}, how they were grouped) for `--sites`: 'folder' (by
     parent folder), 'one' (all together), 'each' (one per volume) or a table."""
-    inputs = [Path(p).resolve() for p in inputs]
+    inputs = [as_given(p) for p in inputs]
     if sites == "folder":
         return {p: str(p.parent) for p in inputs}, "by folder (--sites folder)"
     if sites == "one":

@@ -368,10 +368,11 @@ def test_shared_curve_is_one_per_run_and_the_same_on_resume(trained, tiny_phanto
     assert "fitting the intensity curves of 1 site(s), all inputs one site" in first.stdout
 
     def curves():
-        return [json.loads(p.read_text())["site"]["curve"] for p in sorted(out.glob("*_harmonized.json"))]
+        return [json.loads(p.read_text())["site"]["before_fields"]
+                for p in sorted(out.glob("*_harmonized.json"))]
 
     before = curves()
-    assert len(before) == n and all(c == before[0] for c in before)
+    assert len(before) == n and all(c == before[0] for c in before) and before[0]["target"]
     assert json.loads(next(out.glob("*_harmonized.json")).read_text())["settings"]["calibration"]["shared"]
     # A resumed run fits on all the inputs again (done ones too): the same curve.
     (out / Path(paths[0]).name.replace(".nii.gz", "_harmonized.json")).unlink()

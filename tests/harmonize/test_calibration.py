@@ -561,3 +561,42 @@ def test_scan_nyul_weight_averages_in_the_volumes_own_nyul_map(flow, volumes):
     for name in ("scan_nyul_weight", "smooth_output"):
         with pytest.raises(ValueError, match=name):
             CalibrationConfig(**{name: -0.1})
+
+
+def test_at_nyul_weight_one_the_refit_after_fields_is_skipped_and_nothing_changes(
+        flow, volumes, monkeypatch):
+    """At `nyul_weight` 1 the curve's shape is weighted 0: the site fit skips its refit
+    after the fields (one curve fit instead of two), keeps the refit's knots, and the
+    outputs equal those from the refitted curve; the report says it was not refitted."""
+    fits = []
+    curve = Calibrator.curve
+    monkeypatch.setattr(Calibrator, "curve", lambda self, *a, **k: fits.append(1) or curve(
+        self, *a, **k))
+    sites, harmonizers = {}, {}
+    for weight in (0.5, 1.0):
+        config = CalibrationConfig(steps=2, pool=8, field_steps=2, fallback=False,
+                                   noise_matched=False, nyul_weight=weight,
+                                   scan_nyul_weight=0.375)
+        harmonizers[weight] = Harmonizer(flow.model, flow.params,
+                                         SolverConfig(calibration=config), batch_size=8,
+                                         devices=jax.devices()[:1])
+        fits.clear()
+        sites[weight] = shared_curve(harmonizers[weight], volumes, flow.reference)
+        assert len(fits) == (2 if weight < 1 else 1)
+    refitted, skipped = sites[0.5], sites[1.0]
+    assert refitted.refitted and not skipped.refitted
+    np.testing.assert_array_equal(skipped.first.values, refitted.first.values)
+    np.testing.assert_array_equal(skipped.final.knots, refitted.final.knots)
+    assert not np.allclose(skipped.final.values, refitted.final.values)
+    np.testing.assert_allclose(skipped.landmarks, refitted.landmarks, rtol=1e-6)
+    report = skipped.as_dict()
+    assert report["curve"] is None and report["curve_refitted_after_fields"] is False
+    assert refitted.as_dict()["curve"]["target"] == refitted.final.values.tolist()
+    with_refit = harmonize_volumes(harmonizers[1.0], volumes, flow.reference, site=refitted)
+    without = harmonize_volumes(harmonizers[1.0], volumes, flow.reference, site=skipped)
+    for a, b in zip(with_refit, without):
+        np.testing.assert_allclose(b.slices, a.slices, atol=1e-6)
+        # The same map everywhere, past the volumes' range too (where its ends hold).
+        grid = np.linspace(-0.5, 2.0, 2001)
+        np.testing.assert_allclose(np.clip(b.transform.curve(grid), 0, 1),
+                                   np.clip(a.transform.curve(grid), 0, 1), atol=1e-6)

@@ -82,6 +82,30 @@ def test_the_output_folder_is_locked_and_leftovers_are_removed(tmp_path):
         pass
 
 
+def test_links_keep_the_folder_and_name_they_were_given(tmp_path):
+    """A folder of links to files elsewhere (a DataLad or git-annex data set) is one
+    site by folder, named and written by the links' names; a link beside its target
+    is one input."""
+    store = tmp_path / "annex"
+    store.mkdir()
+    site = tmp_path / "siteB"
+    site.mkdir()
+    links = []
+    for i in range(2):
+        target = store / f"MD5E-s{i}--key{i}" / f"MD5E-s{i}--key{i}.nii.gz"
+        target.parent.mkdir()
+        target.write_bytes(b"")
+        links.append(site / f"sub-0{i}_T1w.nii.gz")
+        links[-1].symlink_to(target)
+    groups, _ = site_groups(links, "folder")
+    assert set(groups.values()) == {str(site)}
+    jobs, _ = plan_jobs([*links, links[0].resolve()], tmp_path / "out", sites=groups)
+    assert [j.input for j in jobs] == links
+    assert [j.output.name for j in jobs] == ["sub-00_T1w_harmonized.nii.gz",
+                                             "sub-01_T1w_harmonized.nii.gz"]
+    assert all(j.site == str(site) for j in jobs)
+
+
 def test_sites_by_folder_one_each_or_table(tmp_path):
     a1, a2, b1 = (tmp_path / "A" / "s1.nii.gz", tmp_path / "A" / "s2.nii.gz",
                   tmp_path / "B" / "sub-07_T1w.nii.gz")
