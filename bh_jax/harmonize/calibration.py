@@ -91,6 +91,17 @@ def source_knots(slices: np.ndarray, masks: np.ndarray, segments: int) -> np.nda
     return np.maximum.accumulate(np.maximum(knots, knots[0] + 1e-6 * np.arange(segments + 1)))
 
 
+def stacked(volumes: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(slices, masks, log fields or None) of volumes' (slices, masks[, log field])
+    one after the other; the fields only if every volume has one."""
+    if not volumes:
+        raise ValueError("a shared intensity curve needs at least one volume")
+    slices, masks = (np.concatenate([np.asarray(v[i]) for v in volumes]) for i in range(2))
+    fields = (np.concatenate([v[2] for v in volumes])
+              if all(len(v) > 2 and v[2] is not None for v in volumes) else None)
+    return slices, masks.astype(bool), fields
+
+
 def pool_slices(masks: np.ndarray, size: int) -> np.ndarray:
     """`size` slice indices, evenly spaced among the slices with at least half the
     largest brain area (edge slices hold little brain and little evidence)."""
@@ -217,8 +228,7 @@ class Calibrator:
         """
         masks = np.asarray(masks, bool)
         segments = self.config.segments
-        corrected = slices if log_fields is None else slices * np.exp(-log_fields)
-        knots = source_knots(corrected, masks, segments)
+        knots = self.knots(slices, masks, log_fields)
         levels = np.linspace(0.0, 1.0, len(reference.quantiles))
         start = np.interp(np.linspace(0.0, 1.0, segments + 1), levels, reference.quantiles)
         fields = np.zeros_like(slices, np.float32) if log_fields is None else log_fields
@@ -237,12 +247,19 @@ class Calibrator:
         """One maximum-likelihood curve for several volumes of one scanner and
         protocol: `curve` of their (slices, masks[, log_fields]) stacked, so the knots
         are the pooled in-brain quantiles and the pool is spread evenly over the volumes."""
-        if not volumes:
-            raise ValueError("a shared intensity curve needs at least one volume")
-        stacked = [np.concatenate([np.asarray(v[i]) for v in volumes]) for i in range(2)]
-        fields = (np.concatenate([v[2] for v in volumes])
-                  if all(len(v) > 2 and v[2] is not None for v in volumes) else None)
-        return self.curve(stacked[0], stacked[1].astype(bool), reference, fields)
+        slices, masks, log_fields = stacked(volumes)
+        return self.curve(slices, masks, reference, log_fields)
+
+    def knots(self, slices: np.ndarray, masks: np.ndarray,
+              log_fields: np.ndarray | None = None) -> np.ndarray:
+        """The knots `curve` places for these slices (their in-mask quantiles after
+        dividing by exp(log_fields), if given)."""
+        corrected = slices if log_fields is None else slices * np.exp(-log_fields)
+        return source_knots(corrected, np.asarray(masks, bool), self.config.segments)
+
+    def shared_knots(self, volumes: list[tuple]) -> np.ndarray:
+        """The knots `shared_curve` of these volumes has, without fitting it."""
+        return self.knots(*stacked(volumes))
 
     def field(self, slices: np.ndarray, masks: np.ndarray, basis: np.ndarray,
               curve: IntensityCurve, penalty: float) -> tuple[np.ndarray, np.ndarray]:

@@ -17,12 +17,7 @@ import numpy as np
 from bh_jax.baselines.hm import histogram_match
 from bh_jax.baselines.nyul import landmarks, site_landmarks
 from bh_jax.baselines.ssimh import spectrum_swap
-from bh_jax.harmonize.calibration import (
-    Calibrator,
-    IntensityCurve,
-    curve_parameters,
-    source_knots,
-)
+from bh_jax.harmonize.calibration import Calibrator, IntensityCurve, curve_parameters
 from bh_jax.harmonize.engine import Harmonizer
 from bh_jax.harmonize.settings import Weights
 from bh_jax.harmonize.transform import (
@@ -235,9 +230,7 @@ def refit_after_fields(calibrator: Calibrator, first: IntensityCurve, corrected:
     curve fit per site; then `first` on the knots the refit would have had."""
     if calibrator.config.nyul_weight < 1 or landmarks is None:
         return calibrator.shared_curve(corrected, reference)[0], True
-    slices = np.concatenate([x * np.exp(-f) for x, _, f in corrected])
-    masks = np.concatenate([np.asarray(m, bool) for _, m, _ in corrected])
-    knots = source_knots(slices, masks, calibrator.config.segments)
+    knots = calibrator.shared_knots(corrected)
     values = np.interp(knots, first.knots, first.values)
     return IntensityCurve(knots, values, fitted=first.fitted), False
 

@@ -246,7 +246,8 @@ def build_report(folder: str | Path) -> Path:
         for f in failures) + "".join(
         f"<li class='flagged'><a href='#{_e(name)}'>{_e(name)}</a>: {_e('; '.join(why))}</li>"
         for name, why in flagged.items()) + "</ul>")
-    sites = {r["site"]["label"]: r["site"] for r in reports if (r.get("site") or {}).get("before_fields")}
+    sites = {r["site"]["label"]: r["site"] for r in reports
+             if (r.get("site") or {}).get("before_fields")}
     if sites:
         parts.append("<h2>Site curves</h2>")
         for label, site in sites.items():

@@ -594,9 +594,9 @@ def test_at_nyul_weight_one_the_refit_after_fields_is_skipped_and_nothing_change
     assert refitted.as_dict()["curve"]["target"] == refitted.final.values.tolist()
     with_refit = harmonize_volumes(harmonizers[1.0], volumes, flow.reference, site=refitted)
     without = harmonize_volumes(harmonizers[1.0], volumes, flow.reference, site=skipped)
+    grid = np.linspace(-0.5, 2.0, 2001)
     for a, b in zip(with_refit, without):
         np.testing.assert_allclose(b.slices, a.slices, atol=1e-6)
         # The same map everywhere, past the volumes' range too (where its ends hold).
-        grid = np.linspace(-0.5, 2.0, 2001)
         np.testing.assert_allclose(np.clip(b.transform.curve(grid), 0, 1),
                                    np.clip(a.transform.curve(grid), 0, 1), atol=1e-6)
