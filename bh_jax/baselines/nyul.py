@@ -99,3 +99,18 @@ def piecewise_linear(x: np.ndarray, knots: np.ndarray, values: np.ndarray) -> np
     below, above = x < knots[0], x > knots[-1]
     inside = np.where(below, values[0] + low_slope * (x - knots[0]), inside)
     return np.where(above, values[-1] + high_slope * (x - knots[-1]), inside)
+
+
+def contrast_ratio(marks: np.ndarray, source: np.ndarray, scale: NyulScale,
+                   low: float = 10.0, high: float = 90.0) -> float:
+    """A volume's tissue contrast relative to the standard scale's: the spread between
+    its `low` and `high` percentile landmarks (`marks`, interpolated between the
+    scale's percentiles) after the map from `source` landmarks (e.g. its site's) onto
+    the scale, over the scale's own spread there. 1: the contrast the map gives a
+    typical volume of `source`; below 1: flatter. 1.0 if the scale has no spread."""
+    percentiles = np.asarray(scale.percentiles, np.float64)
+    ends = np.interp([low, high], percentiles, np.asarray(marks, np.float64))
+    mapped = piecewise_linear(ends, source, scale.intensities)
+    standard = np.interp([low, high], percentiles, np.asarray(scale.intensities, np.float64))
+    spread = standard[1] - standard[0]
+    return float((mapped[1] - mapped[0]) / spread) if spread > 0 else 1.0

@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "same corrected scan) averaged into that transform (default "
                              f"{calibration.scan_nyul_weight:g}; higher: closer to Nyul, "
                              "each subject moved onto the population's contrast)")
+    parser.add_argument("--scan-nyul-contrast-gain", type=non_negative_float,
+                        help="init 'calibrated': k: each scan's own-map weight is "
+                             "clip(v + k * (1 - r), 0, 1), r its tissue contrast under its "
+                             "site's map over the target's (1: the site's typical subject); "
+                             f"default {calibration.scan_nyul_contrast_gain:g}, 0: the same "
+                             "weight for every scan")
     parser.add_argument("--sites", default="folder",
                         help="which inputs share an intensity curve (blindharmony) or Nyul "
                              "landmarks (site-nyul), one per site, fitted on up to 32 of its "
@@ -180,7 +186,7 @@ def solver_settings(args: argparse.Namespace):
         given["field_penalty"] = None
     elif args.field_steps is not None:
         given["field_steps"] = args.field_steps
-    for name in ("nyul_weight", "scan_nyul_weight"):
+    for name in ("nyul_weight", "scan_nyul_weight", "scan_nyul_contrast_gain"):
         if getattr(args, name) is not None:
             given[name] = getattr(args, name)
     if base.init == "calibrated" or args.init == "calibrated":

@@ -69,12 +69,13 @@ class VolumeMethod:
 
 
 def unused_nyul_weight(flow: LoadedFlow, settings: SolverConfig) -> str | None:
-    """Why `calibration.nyul_weight` and `scan_nyul_weight` will have no effect with
-    this prior (its target statistics have no Nyul scale), or None if they will (or
-    are 0, or unused)."""
+    """Why `calibration.nyul_weight`, `scan_nyul_weight` and `scan_nyul_contrast_gain`
+    will have no effect with this prior (its target statistics have no Nyul scale), or
+    None if they will (or are 0, or unused)."""
     calibration = settings.calibration
     weights = {"nyul_weight": calibration.nyul_weight,
-               "scan_nyul_weight": calibration.scan_nyul_weight}
+               "scan_nyul_weight": calibration.scan_nyul_weight,
+               "scan_nyul_contrast_gain": calibration.scan_nyul_contrast_gain}
     given = ", ".join(f"{name} {w:g}" for name, w in weights.items() if w > 0)
     if settings.init != "calibrated" or not given:
         return None

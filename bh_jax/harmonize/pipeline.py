@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bh_jax.baselines.hm import histogram_match
-from bh_jax.baselines.nyul import landmarks, site_landmarks
+from bh_jax.baselines.nyul import contrast_ratio, landmarks, site_landmarks
 from bh_jax.baselines.ssimh import spectrum_swap
 from bh_jax.harmonize.calibration import Calibrator, IntensityCurve, curve_parameters
 from bh_jax.harmonize.engine import Harmonizer
-from bh_jax.harmonize.settings import Weights
+from bh_jax.harmonize.settings import CalibrationConfig, Weights
 from bh_jax.harmonize.transform import (
     BiasField,
     IntensityTransform,
@@ -296,15 +296,29 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
         site_map = nyul_transform(prepared, reference, SiteLandmarks(site.landmarks, site.volumes))
         transform = averaged(transform, site_map, config.nyul_weight)
         notes["nyul_weight"] = config.nyul_weight
-    if config.scan_nyul_weight > 0:
+    if config.scan_nyul_weight > 0 or config.scan_nyul_contrast_gain > 0:
         own = corrected_landmarks([(slices, prepared.slice_masks,
                                     log_field_of(prepared, field))], reference)
         if own is not None:
+            weight = scan_map_weight(config, own, site.landmarks, reference, notes)
             scan_map = nyul_transform(prepared, reference, SiteLandmarks(own, 1))
-            transform = averaged(transform, scan_map, config.scan_nyul_weight)
-            notes["scan_nyul_weight"] = config.scan_nyul_weight
+            transform = averaged(transform, scan_map, weight)
+            notes["scan_nyul_weight"] = weight
     return safety_net(calibrator, prepared, slices, transform, reference, notes,
                       config.fallback)
+
+
+def scan_map_weight(config: CalibrationConfig, own: np.ndarray, site_marks: np.ndarray | None,
+                    reference: TargetReference, notes: dict) -> float:
+    """The weight of a scan's own Nyul map (`CalibrationConfig.scan_nyul_weight`, moved
+    by `scan_nyul_contrast_gain` times how much flatter the scan is than its site's
+    typical scan); the contrast ratio goes into `notes`."""
+    if config.scan_nyul_contrast_gain == 0 or site_marks is None:
+        return config.scan_nyul_weight
+    ratio = contrast_ratio(own, site_marks, reference.nyul_scale())
+    notes["scan_contrast_ratio"] = ratio
+    weight = config.scan_nyul_weight + config.scan_nyul_contrast_gain * (1.0 - ratio)
+    return float(np.clip(weight, 0.0, 1.0))
 
 
 def own_curve(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndarray,

@@ -97,6 +97,15 @@ class CalibrationConfig:
         2.0 dB above (0.75, 0.5) on the shifts at the same WM Dice (within 0.0001),
         and above Nyul's PSNR, SSIM and Dice on the scanner sites of the standard
         validation subjects (docs/methods.md). 0: none.
+      scan_nyul_contrast_gain: k >= 0: each scan's weight of its own map is
+        clip(v + k * (1 - r), 0, 1) instead of v, where r is the scan's tissue
+        contrast under its site's map over the standard scale's (the spread of its
+        10th to 90th percentile landmarks; 1 for a site's typical subject): a
+        scan with less contrast than its site's subjects takes more of its own map
+        (a target-trained segmenter separates a low-contrast subject's white
+        matter better at the population's contrast), one with more takes less
+        (its own contrast segments as well and keeps its PSNR). 0: v for every
+        scan.
     """
 
     # Chosen on the validation subjects (docs/methods.md).
@@ -112,6 +121,7 @@ class CalibrationConfig:
     fallback: bool = False
     nyul_weight: float = 1.0
     scan_nyul_weight: float = 0.375
+    scan_nyul_contrast_gain: float = 0.0
 
     def __post_init__(self):
         for name in ("segments", "steps", "pool", "field_steps"):
@@ -124,6 +134,9 @@ class CalibrationConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"calibration {name} must be in [0, 1], "
                                  f"got {getattr(self, name)}")
+        if not 0 <= self.scan_nyul_contrast_gain < float("inf"):
+            raise ValueError(f"calibration scan_nyul_contrast_gain must be a number >= 0, "
+                             f"got {self.scan_nyul_contrast_gain}")
 
 
 SOLVERS = ("latent", "alternating", "image", "curve")

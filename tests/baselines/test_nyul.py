@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from bh_jax.baselines.nyul import PERCENTILES, NyulScale, landmarks, site_landmarks
+from bh_jax.baselines.nyul import (
+    PERCENTILES,
+    NyulScale,
+    contrast_ratio,
+    landmarks,
+    site_landmarks,
+)
 
 
 def _subjects(seed: int = 0) -> list[np.ndarray]:
@@ -48,3 +54,23 @@ def test_a_site_map_undoes_a_scanner_map_and_keeps_each_subjects_contrast():
         np.testing.assert_allclose(scale(scan, mask, site), truth, atol=2e-6)
         per_scan_errors.append(np.max(np.abs(scale(scan, mask) - truth)))
     assert max(per_scan_errors) > 0.03  # the low- and high-contrast subjects
+
+
+def test_contrast_ratio_is_a_subjects_spread_over_the_scales_through_its_sites_map():
+    # Scans of one scanner (one affine map of the truths): the site's map undoes it, so
+    # each scan's ratio is its truth's 10th-90th percentile spread over the scale's.
+    truths = _subjects()
+    scale = NyulScale(np.mean([landmarks(t) for t in truths], axis=0).astype(np.float32),
+                      np.asarray(PERCENTILES, np.float32))
+    scans = [0.6 * t + 0.3 for t in truths]
+    site = site_landmarks(scans)
+    standard = np.interp([10, 90], PERCENTILES, scale.intensities)
+    for truth, scan in zip(truths, scans):
+        spread = np.subtract(*np.percentile(truth, [90, 10]))
+        assert contrast_ratio(landmarks(scan), site, scale) == pytest.approx(
+            spread / (standard[1] - standard[0]), rel=1e-5)
+    ratios = [contrast_ratio(landmarks(s), site, scale) for s in scans]
+    assert ratios[2] > ratios[0] > ratios[1]  # white - grey: 0.4 > 0.3 > 0.2
+    assert contrast_ratio(site, site, scale) == pytest.approx(1.0, abs=1e-6)
+    flat = NyulScale(np.full(len(PERCENTILES), 0.5, np.float32), scale.percentiles)
+    assert contrast_ratio(site, site, flat) == 1.0  # no spread to compare with

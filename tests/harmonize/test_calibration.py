@@ -364,13 +364,16 @@ def test_cli_settings_keep_the_calibration_config():
     assert (calibration.steps, calibration.pool) == (40, 8)
     assert calibration.nyul_weight == CalibrationConfig().nyul_weight
     args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
-                                 "--nyul-weight", "0.25", "--scan-nyul-weight", "0.5"])
+                                 "--nyul-weight", "0.25", "--scan-nyul-weight", "0.5",
+                                 "--scan-nyul-contrast-gain", "3"])
     given = harmonize.solver_settings(args).calibration
-    assert (given.nyul_weight, given.scan_nyul_weight) == (0.25, 0.5)
+    assert (given.nyul_weight, given.scan_nyul_weight, given.scan_nyul_contrast_gain) == (
+        0.25, 0.5, 3.0)
+    assert calibration.scan_nyul_contrast_gain == CalibrationConfig().scan_nyul_contrast_gain
     assert calibration.scan_nyul_weight == CalibrationConfig().scan_nyul_weight
-    with pytest.raises(SystemExit):
-        harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
-                              "--nyul-weight", "1.5"])
+    for bad in (["--nyul-weight", "1.5"], ["--scan-nyul-contrast-gain", "-1"]):
+        with pytest.raises(SystemExit):
+            harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o", *bad])
     assert calibration.segments == CalibrationConfig().segments
     args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
                                  "--solver", "latent", "--calibration-steps", "40"])
@@ -561,6 +564,42 @@ def test_scan_nyul_weight_averages_in_the_volumes_own_nyul_map(flow, volumes):
     for name in ("scan_nyul_weight", "smooth_output"):
         with pytest.raises(ValueError, match=name):
             CalibrationConfig(**{name: -0.1})
+
+
+def test_scan_nyul_contrast_gain_gives_each_volume_its_own_weight(flow, volumes):
+    """`scan_nyul_contrast_gain` k: each volume's weight of its own map is
+    clip(v + k (1 - r), 0, 1), r its contrast ratio (`nyul.contrast_ratio` of its
+    corrected landmarks through the site's map); its output is the one a fixed weight
+    of that value gives, and its report names r and the weight."""
+    from bh_jax.baselines.nyul import PERCENTILES, contrast_ratio
+
+    def harmonizer(**weights) -> Harmonizer:
+        config = CalibrationConfig(steps=2, pool=8, field_steps=2, fallback=False,
+                                   noise_matched=False, nyul_weight=1.0, **weights)
+        return Harmonizer(flow.model, flow.params, SolverConfig(calibration=config),
+                          batch_size=8, devices=jax.devices()[:1])
+
+    gained = harmonizer(scan_nyul_weight=0.375, scan_nyul_contrast_gain=20.0)
+    site = shared_curve(gained, volumes, flow.reference)
+    scale = flow.reference.nyul_scale()
+    weights = []
+    for volume, result in zip(volumes, harmonize_volumes(gained, volumes, flow.reference,
+                                                         site=site)):
+        log_field = result.transform.field.log_field(volume.world_positions())
+        corrected = (volume.slices * np.exp(-log_field))[volume.slice_masks]
+        ratio = contrast_ratio(np.percentile(corrected, PERCENTILES), site.landmarks, scale)
+        weight = float(np.clip(0.375 + 20.0 * (1.0 - ratio), 0.0, 1.0))
+        assert result.notes["scan_contrast_ratio"] == pytest.approx(ratio, rel=1e-4)
+        assert result.notes["scan_nyul_weight"] == pytest.approx(weight, abs=1e-4)
+        fixed = harmonize_volumes(harmonizer(scan_nyul_weight=weight), [volume],
+                                  flow.reference, site=site)[0]
+        np.testing.assert_allclose(result.slices, fixed.slices, atol=1e-5)
+        weights.append(weight)
+    assert max(weights) > min(weights)  # the volumes' contrasts differ
+    assert "scan_contrast_ratio" not in harmonize_volumes(
+        harmonizer(scan_nyul_weight=0.375), volumes[:1], flow.reference, site=site)[0].notes
+    with pytest.raises(ValueError, match="scan_nyul_contrast_gain"):
+        CalibrationConfig(scan_nyul_contrast_gain=-1.0)
 
 
 def test_at_nyul_weight_one_the_refit_after_fields_is_skipped_and_nothing_changes(
