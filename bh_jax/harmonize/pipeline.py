@@ -300,7 +300,9 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
         own = corrected_landmarks([(slices, prepared.slice_masks,
                                     log_field_of(prepared, field))], reference)
         if own is not None:
-            weight = scan_map_weight(config, own, site.landmarks, reference, notes)
+            weight, ratio = scan_map_weight(config, own, site.landmarks, reference)
+            if ratio is not None:
+                notes["scan_contrast_ratio"] = ratio
             scan_map = nyul_transform(prepared, reference, SiteLandmarks(own, 1))
             transform = averaged(transform, scan_map, weight)
             notes["scan_nyul_weight"] = weight
@@ -309,16 +311,15 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
 
 
 def scan_map_weight(config: CalibrationConfig, own: np.ndarray, site_marks: np.ndarray | None,
-                    reference: TargetReference, notes: dict) -> float:
-    """The weight of a scan's own Nyul map (`CalibrationConfig.scan_nyul_weight`, moved
-    by `scan_nyul_contrast_gain` times how much flatter the scan is than its site's
-    typical scan); the contrast ratio goes into `notes`."""
+                    reference: TargetReference) -> tuple[float, float | None]:
+    """(the weight of a scan's own Nyul map, its contrast ratio or None):
+    `CalibrationConfig.scan_nyul_weight`, moved by `scan_nyul_contrast_gain` times how
+    much flatter the scan (landmarks `own`) is than its site's typical scan."""
     if config.scan_nyul_contrast_gain == 0 or site_marks is None:
-        return config.scan_nyul_weight
+        return config.scan_nyul_weight, None
     ratio = contrast_ratio(own, site_marks, reference.nyul_scale())
-    notes["scan_contrast_ratio"] = ratio
     weight = config.scan_nyul_weight + config.scan_nyul_contrast_gain * (1.0 - ratio)
-    return float(np.clip(weight, 0.0, 1.0))
+    return float(np.clip(weight, 0.0, 1.0)), ratio
 
 
 def own_curve(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndarray,

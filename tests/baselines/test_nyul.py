@@ -23,6 +23,16 @@ def _subjects(seed: int = 0) -> list[np.ndarray]:
     return subjects
 
 
+def _one_scanner() -> tuple[list[np.ndarray], NyulScale, list[np.ndarray], np.ndarray]:
+    """(truths, a scale of their mean landmarks, their scans through one affine scanner
+    map, the scans' site landmarks)."""
+    truths = _subjects()
+    scale = NyulScale(np.mean([landmarks(t) for t in truths], axis=0).astype(np.float32),
+                      np.asarray(PERCENTILES, np.float32))
+    scans = [0.6 * t + 0.3 for t in truths]
+    return truths, scale, scans, site_landmarks(scans)
+
+
 def test_site_landmarks_are_the_mean_of_the_volumes_landmarks():
     subjects = _subjects()
     expected = np.mean([np.percentile(v, PERCENTILES) for v in subjects], axis=0)
@@ -43,11 +53,7 @@ def test_a_site_map_undoes_a_scanner_map_and_keeps_each_subjects_contrast():
     # scanner map. One map from the scans' mean landmarks is that map's inverse, so
     # every subject comes back exactly; a map per scan normalises each subject's own
     # contrast onto the mean, so it does not.
-    truths = _subjects()
-    scale = NyulScale(np.mean([landmarks(t) for t in truths], axis=0).astype(np.float32),
-                      np.asarray(PERCENTILES, np.float32))
-    scans = [0.6 * t + 0.3 for t in truths]
-    site = site_landmarks(scans)
+    truths, scale, scans, site = _one_scanner()
     per_scan_errors = []
     for truth, scan in zip(truths, scans):
         mask = np.ones_like(scan, bool)
@@ -59,11 +65,7 @@ def test_a_site_map_undoes_a_scanner_map_and_keeps_each_subjects_contrast():
 def test_contrast_ratio_is_a_subjects_spread_over_the_scales_through_its_sites_map():
     # Scans of one scanner (one affine map of the truths): the site's map undoes it, so
     # each scan's ratio is its truth's 10th-90th percentile spread over the scale's.
-    truths = _subjects()
-    scale = NyulScale(np.mean([landmarks(t) for t in truths], axis=0).astype(np.float32),
-                      np.asarray(PERCENTILES, np.float32))
-    scans = [0.6 * t + 0.3 for t in truths]
-    site = site_landmarks(scans)
+    truths, scale, scans, site = _one_scanner()
     standard = np.interp([10, 90], PERCENTILES, scale.intensities)
     for truth, scan in zip(truths, scans):
         spread = np.subtract(*np.percentile(truth, [90, 10]))
