@@ -37,9 +37,9 @@ from bh_jax.baselines.nyul import landmarks, site_landmarks
 WEIGHTS = (0.0, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 
 
-def blends(prepared, scale, weights) -> dict[str, np.ndarray]:
-    """{'v=...': slices} of one site's volumes: each volume through (1 - v) x the site's
-    Nyul map + v x its own, for each v in `weights` (v = 1: Nyul)."""
+def blends(prepared, scale, weights) -> dict[str, list[np.ndarray]]:
+    """{'v=...': [slices of each volume]} of one site's volumes: each through
+    (1 - v) x the site's Nyul map + v x its own, for each v in `weights` (v = 1: Nyul)."""
     brains = [p.slices[p.slice_masks] for p in prepared]
     site = site_landmarks(brains, scale.percentiles)
     outputs = {f"v={v:g}": [] for v in weights}
