@@ -64,11 +64,15 @@ def error_profile(output, truth, min_voxels: int = 50) -> list[float | None]:
             else None for b in range(len(PROFILE_BINS) - 1)]
 
 
-def open_check(args) -> tuple:
+def open_check(args, phantom_seed: int | None = None) -> tuple:
     """(the prior, the built-in data set's manifest, the output folder, created) of a
-    check's --checkpoint, --data-dir and --out."""
+    check's --checkpoint, --data-dir and --out; `phantom_seed`: the data set's subjects
+    drawn with another seed than the prior's (fresh subjects, none it was chosen on)."""
     flow = load_flow(args.checkpoint)
-    manifest = ensure_phantom(args.data_dir, flow.config.phantom.evaluation(), flow.config.name)
+    phantom = flow.config.phantom.evaluation()
+    if phantom_seed is not None:
+        phantom = dataclasses.replace(phantom, seed=phantom_seed)
+    manifest = ensure_phantom(args.data_dir, phantom, flow.config.name)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return flow, manifest, out

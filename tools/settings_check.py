@@ -20,6 +20,8 @@ OUT/segmenter; `--segmenter-seeds 1 2` also scores WM Dice with segmenters train
 other seeds (OUT/segmenter-seed1, ...), to see how much of a Dice difference between
 methods is the segmenter's own. `--no-default`: without the default's own fit (and its
 `--applied` rows): the `--variant` rows and Nyul's only; with no variant, minutes.
+`--phantom-seed N` draws the data set's subjects with another seed (a fresh sample: build it
+with `bh-phantom --seed N`), to see whether a difference on the 5 test subjects holds on others.
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ def main() -> None:
     parser.add_argument("--subjects", nargs="+",
                         help="only these subjects (e.g. sub-029 sub-031); a site's curve is "
                              "then fitted on them alone")
+    parser.add_argument("--phantom-seed", type=int,
+                        help="draw the data set's subjects with this seed instead of the "
+                             "prior's: a fresh sample, never used to choose anything")
     args = parser.parse_args()
     if args.no_default and args.applied:
         parser.error("--applied maps the default's own fit, which --no-default skips")
@@ -91,7 +96,7 @@ def main() -> None:
         if set(fields) - APPLIED_FIELDS:
             parser.error(f"--applied {name!r}: only {sorted(APPLIED_FIELDS)} leave the fit as it is")
 
-    flow, manifest, out = open_check(args)
+    flow, manifest, out = open_check(args, args.phantom_seed)
     data = flow.config.data
     segmenter, *others = [trained_segmenter(out, seed, data, manifest)
                           for seed in [None, *args.segmenter_seeds]]

@@ -1,20 +1,23 @@
-"""tools/nyul_blend_check.py: the blends of a site's and a scan's own Nyul maps."""
+"""The check scripts in tools/: the blends of a site's and a scan's own Nyul maps
+(nyul_blend_check.py) and the data set a check opens (noise_check.open_check)."""
 
 import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
+import nibabel as nib
 import numpy as np
+import pytest
 
 from bh_jax.baselines.nyul import NyulScale, landmarks
+from bh_jax.data.manifest import load_manifest
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
-def _tool(monkeypatch):
-    monkeypatch.syspath_prepend(str(TOOLS))  # it imports its neighbour noise_check
-    spec = importlib.util.spec_from_file_location("nyul_blend_check",
-                                                  TOOLS / "nyul_blend_check.py")
+def _tool(monkeypatch, name="nyul_blend_check"):
+    monkeypatch.syspath_prepend(str(TOOLS))  # the checks import their neighbour noise_check
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -52,3 +55,23 @@ def test_blends_run_from_the_sites_map_to_each_scans_own(monkeypatch):
         np.testing.assert_allclose(outputs["v=0.5"][i],
                                    (outputs["v=0"][i] + outputs["v=1"][i]) / 2, atol=1e-6)
         assert np.all(outputs["v=0.5"][i][~masks] == 0)
+
+
+def test_a_check_draws_fresh_subjects_with_another_phantom_seed(monkeypatch, trained,
+                                                                 tiny_phantom, tmp_path):
+    tool = _tool(monkeypatch, "noise_check")
+    usual_folder, usual = tiny_phantom
+    args = SimpleNamespace(checkpoint=str(trained[0]), data_dir=str(tmp_path / "seed5"),
+                           out=str(tmp_path / "out"))
+    _, manifest, _ = tool.open_check(args, phantom_seed=5)
+    assert manifest["config"]["seed"] == 5 and usual["config"]["seed"] != 5
+    assert load_manifest(args.data_dir)["config"] == manifest["config"]
+    # The same subjects' names, other anatomy: the first target-site scans differ.
+    fresh, old = (nib.load(next(e["path"] for e in m["images"] if e["site"] == "target"))
+                  for m in (manifest, usual))
+    assert Path(fresh.get_filename()).parent.parent == Path(args.data_dir).resolve()
+    assert fresh.shape == old.shape
+    assert np.mean(np.abs(fresh.get_fdata() - old.get_fdata())) > 0.01 * np.max(old.get_fdata())
+    # Opening the fresh set as the prior's own is refused, not silently mixed.
+    with pytest.raises(ValueError, match="other settings"):
+        tool.open_check(args)
