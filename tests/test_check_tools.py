@@ -1,5 +1,6 @@
 """The check scripts in tools/: the blends of a site's and a scan's own Nyul maps
-(nyul_blend_check.py) and the data set a check opens (noise_check.open_check)."""
+(nyul_blend_check.py) and the data set a check opens (noise_check.check_parser,
+open_check)."""
 
 import importlib.util
 from pathlib import Path
@@ -61,9 +62,10 @@ def test_a_check_draws_fresh_subjects_with_another_phantom_seed(monkeypatch, tra
                                                                  tiny_phantom, tmp_path):
     tool = _tool(monkeypatch, "noise_check")
     usual_folder, usual = tiny_phantom
-    args = SimpleNamespace(checkpoint=str(trained[0]), data_dir=str(tmp_path / "seed5"),
-                           out=str(tmp_path / "out"))
-    _, manifest, _ = tool.open_check(args, phantom_seed=5)
+    args = tool.check_parser("a check").parse_args(
+        ["--checkpoint", str(trained[0]), "--data-dir", str(tmp_path / "seed5"),
+         "--out", str(tmp_path / "out"), "--phantom-seed", "5"])
+    _, manifest, _ = tool.open_check(args)
     assert manifest["config"]["seed"] == 5 and usual["config"]["seed"] != 5
     assert load_manifest(args.data_dir)["config"] == manifest["config"]
     # The same subjects' names, other anatomy: the first target-site scans differ.
@@ -74,4 +76,4 @@ def test_a_check_draws_fresh_subjects_with_another_phantom_seed(monkeypatch, tra
     assert np.mean(np.abs(fresh.get_fdata() - old.get_fdata())) > 0.01 * np.max(old.get_fdata())
     # Opening the fresh set as the prior's own is refused, not silently mixed.
     with pytest.raises(ValueError, match="other settings"):
-        tool.open_check(args)
+        tool.open_check(SimpleNamespace(**{**vars(args), "phantom_seed": None}))

@@ -64,14 +64,29 @@ def error_profile(output, truth, min_voxels: int = 50) -> list[float | None]:
             else None for b in range(len(PROFILE_BINS) - 1)]
 
 
-def open_check(args, phantom_seed: int | None = None) -> tuple:
+def check_parser(doc: str) -> argparse.ArgumentParser:
+    """A check's command line with the options `open_check` and the split's rows read:
+    --checkpoint, --data-dir, --out, --split and --phantom-seed."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--split", default="val", choices=["val", "test"])
+    parser.add_argument("--phantom-seed", type=int,
+                        help="draw the data set's subjects with this seed instead of the "
+                             "prior's (bh-phantom --seed N): a fresh sample, never used to "
+                             "choose anything")
+    return parser
+
+
+def open_check(args) -> tuple:
     """(the prior, the built-in data set's manifest, the output folder, created) of a
-    check's --checkpoint, --data-dir and --out; `phantom_seed`: the data set's subjects
-    drawn with another seed than the prior's (fresh subjects, none it was chosen on)."""
+    check's --checkpoint, --data-dir, --out and --phantom-seed (the data set's subjects
+    drawn with another seed than the prior's: fresh subjects, none it was chosen on)."""
     flow = load_flow(args.checkpoint)
     phantom = flow.config.phantom.evaluation()
-    if phantom_seed is not None:
-        phantom = dataclasses.replace(phantom, seed=phantom_seed)
+    if args.phantom_seed is not None:
+        phantom = dataclasses.replace(phantom, seed=args.phantom_seed)
     manifest = ensure_phantom(args.data_dir, phantom, flow.config.name)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,12 +125,8 @@ def truth_rows(manifest: dict, split: str, data, score,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--out", required=True)
+    parser = check_parser(__doc__)
     parser.add_argument("--sites", nargs="+", default=SCANNERS)
-    parser.add_argument("--split", default="val", choices=["val", "test"])
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 

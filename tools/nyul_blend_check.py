@@ -19,11 +19,11 @@ OUT/segmenter.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 from noise_check import (
+    check_parser,
     open_check,
     scores,
     site_volumes,
@@ -67,14 +67,10 @@ def dice_margins(rows: list[dict], nyul: str = "v=1") -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--out", required=True)
+    parser = check_parser(__doc__)
     parser.add_argument("--sites", nargs="+", required=True)
     parser.add_argument("--weights", type=float, nargs="+", default=list(WEIGHTS),
                         help="the scan's own-map weights v to score (1: Nyul)")
-    parser.add_argument("--split", default="val", choices=["val", "test"])
     args = parser.parse_args()
     if 1.0 not in args.weights:
         parser.error("--weights must include 1 (Nyul), the Dice margins' reference")

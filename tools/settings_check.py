@@ -20,18 +20,19 @@ OUT/segmenter; `--segmenter-seeds 1 2` also scores WM Dice with segmenters train
 other seeds (OUT/segmenter-seed1, ...), to see how much of a Dice difference between
 methods is the segmenter's own. `--no-default`: without the default's own fit (and its
 `--applied` rows): the `--variant` rows and Nyul's only; with no variant, minutes.
-`--phantom-seed N` draws the data set's subjects with another seed (a fresh sample: build it
-with `bh-phantom --seed N`), to see whether a difference on the 5 test subjects holds on others.
+`--phantom-seed N` (every check) draws the data set's subjects with another seed (a fresh
+sample: build it with `bh-phantom --seed N`), to see whether a difference on the 5 test
+subjects holds on others.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 
 import numpy as np
 from noise_check import (
+    check_parser,
     error_profile,
     open_check,
     scores,
@@ -65,10 +66,7 @@ def variant(text: str) -> tuple[str, dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--out", required=True)
+    parser = check_parser(__doc__)
     parser.add_argument("--sites", nargs="+", required=True)
     parser.add_argument("--variant", action="append", type=variant, default=[],
                         help="NAME: FIELD=VALUE, ... (repeatable)")
@@ -76,7 +74,6 @@ def main() -> None:
                         help="NAME: FIELD=VALUE, ... of how the fit is applied "
                              f"({', '.join(sorted(APPLIED_FIELDS))}), on the default's own "
                              "site fits (repeatable)")
-    parser.add_argument("--split", default="val", choices=["val", "test"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--segmenter-seeds", type=int, nargs="*", default=[],
                         help="also score WM Dice with segmenters trained from these seeds")
@@ -86,9 +83,6 @@ def main() -> None:
     parser.add_argument("--subjects", nargs="+",
                         help="only these subjects (e.g. sub-029 sub-031); a site's curve is "
                              "then fitted on them alone")
-    parser.add_argument("--phantom-seed", type=int,
-                        help="draw the data set's subjects with this seed instead of the "
-                             "prior's: a fresh sample, never used to choose anything")
     args = parser.parse_args()
     if args.no_default and args.applied:
         parser.error("--applied maps the default's own fit, which --no-default skips")
@@ -96,7 +90,7 @@ def main() -> None:
         if set(fields) - APPLIED_FIELDS:
             parser.error(f"--applied {name!r}: only {sorted(APPLIED_FIELDS)} leave the fit as it is")
 
-    flow, manifest, out = open_check(args, args.phantom_seed)
+    flow, manifest, out = open_check(args)
     data = flow.config.data
     segmenter, *others = [trained_segmenter(out, seed, data, manifest)
                           for seed in [None, *args.segmenter_seeds]]
