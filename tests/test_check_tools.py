@@ -1,6 +1,6 @@
 """The check scripts in tools/: the blends of a site's and a scan's own Nyul maps
-(nyul_blend_check.py) and the data set a check opens (noise_check.check_parser,
-open_check)."""
+(nyul_blend_check.py), the data set a check opens (noise_check.check_parser,
+open_check) and the target's own field recovered from the phantom (field_oracle.py)."""
 
 import importlib.util
 from pathlib import Path
@@ -77,3 +77,66 @@ def test_a_check_draws_fresh_subjects_with_another_phantom_seed(monkeypatch, tra
     # Opening the fresh set as the prior's own is refused, not silently mixed.
     with pytest.raises(ValueError, match="other settings"):
         tool.open_check(SimpleNamespace(**{**vars(args), "phantom_seed": None}))
+
+
+def test_the_oracle_recovers_the_field_the_phantom_multiplied_in(monkeypatch, tiny_phantom,
+                                                                 tmp_path):
+    tool = _tool(monkeypatch, "field_oracle")
+    import dataclasses
+
+    from bh_jax.config import PhantomConfig
+    from bh_jax.data import phantom
+
+    _, manifest = tiny_phantom
+    entry = next(e for e in manifest["images"] if e["site"] == phantom.TARGET_SITE)
+    image = nib.load(entry["path"])
+    mask = np.asarray(nib.load(entry["mask"]).dataobj) > 0
+    # Without noise, the target's image over the same image rendered without a field
+    # is the field itself: what the oracle must recover.
+    protocol = dataclasses.replace(phantom.SITES[phantom.TARGET_SITE], noise=0.0)
+
+    def rendered(bias: float) -> np.ndarray:
+        monkeypatch.setitem(phantom.SITES, phantom.TARGET_SITE,
+                            dataclasses.replace(protocol, bias=bias))
+        index = int(entry["subject"].removeprefix("sub-"))
+        _, images = phantom.render_subject(PhantomConfig(**manifest["config"]), index,
+                                           sites=(phantom.TARGET_SITE,))
+        return images[phantom.TARGET_SITE].astype(np.float64)
+
+    flat, with_field = rendered(0.0), rendered(protocol.bias)
+    noiseless = tmp_path / "noiseless.nii.gz"
+    nib.save(nib.Nifti1Image(with_field.astype(np.float32), image.affine), str(noiseless))
+    entry = {**entry, "path": str(noiseless)}
+    log_field = tool.target_log_field(manifest, entry)
+    np.testing.assert_allclose(log_field[mask], np.log(with_field[mask] / flat[mask]), atol=1e-5)
+    assert np.std(log_field[mask]) > 0.005
+    # Dividing by it gives the image without its field.
+    written = tool.field_free(manifest, entry, tmp_path)["truth / its field"]
+    np.testing.assert_allclose(np.asarray(nib.load(written["path"]).dataobj)[mask],
+                               flat[mask], rtol=1e-5)
+    # An image that is not the phantom's own is refused: its field is not known.
+    altered = tmp_path / "altered.nii.gz"
+    nib.save(nib.Nifti1Image((with_field * 1.01).astype(np.float32), image.affine),
+             str(altered))
+    with pytest.raises(ValueError, match="does not give the stored image"):
+        tool.target_log_field(manifest, {**entry, "path": str(altered)})
+
+
+def test_the_quadratic_fit_keeps_a_quadratic_field_and_is_least_squares(monkeypatch):
+    tool = _tool(monkeypatch, "field_oracle")
+    affine = np.diag([3.0, 2.0, 4.0, 1.0])
+    mask = np.zeros((10, 12, 8), bool)
+    mask[2:9, 1:11, 2:7] = True
+    i, j, k = np.meshgrid(*map(np.arange, mask.shape), indexing="ij")
+    x, y, z = 3.0 * i, 2.0 * j, 4.0 * k
+    quadratic = 0.2 + 0.01 * x - 0.003 * y * z + 0.0004 * x * x
+    np.testing.assert_allclose(tool.quadratic_fit(quadratic, mask, affine)[mask],
+                               quadratic[mask], atol=1e-9)
+    # A field beyond the basis: the residual is orthogonal to every term, and the fit
+    # is zero outside the mask.
+    rough = np.random.default_rng(0).normal(size=mask.shape)
+    fitted = tool.quadratic_fit(rough, mask, affine)
+    residual = (rough - fitted)[mask]
+    for term in (np.ones_like(x), x, y * y, x * z):
+        assert abs(np.dot(residual, term[mask])) < 1e-8 * np.linalg.norm(term[mask]) * mask.sum()
+    assert np.all(fitted[~mask] == 0)

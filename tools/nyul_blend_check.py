@@ -51,6 +51,17 @@ def blends(prepared, scale, weights) -> dict[str, list[np.ndarray]]:
     return outputs
 
 
+def parsed_with_weights(parser, weights):
+    """`parser`'s arguments, with --weights: the scan's own-map weights v to score
+    (`weights` by default), which must include 1, Nyul, the Dice margins' reference."""
+    parser.add_argument("--weights", type=float, nargs="+", default=list(weights),
+                        help="the scan's own-map weights v to score (1: Nyul)")
+    args = parser.parse_args()
+    if 1.0 not in args.weights:
+        parser.error("--weights must include 1 (Nyul), the Dice margins' reference")
+    return args
+
+
 def dice_margins(rows: list[dict], nyul: str = "v=1") -> str:
     """Markdown: per site and blend, the WM Dice minus Nyul's, mean over subjects, how
     many subjects are below Nyul's, and the worst."""
@@ -69,11 +80,7 @@ def dice_margins(rows: list[dict], nyul: str = "v=1") -> str:
 def main() -> None:
     parser = check_parser(__doc__)
     parser.add_argument("--sites", nargs="+", required=True)
-    parser.add_argument("--weights", type=float, nargs="+", default=list(WEIGHTS),
-                        help="the scan's own-map weights v to score (1: Nyul)")
-    args = parser.parse_args()
-    if 1.0 not in args.weights:
-        parser.error("--weights must include 1 (Nyul), the Dice margins' reference")
+    args = parsed_with_weights(parser, WEIGHTS)
 
     flow, manifest, out = open_check(args)
     data = flow.config.data
