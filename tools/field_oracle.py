@@ -99,12 +99,13 @@ def field_free(manifest: dict, entry: dict, folder) -> dict[str, dict]:
     image = nib.load(entry["path"])
     mask = np.asarray(nib.load(entry["mask"]).dataobj) > 0
     log_field = target_log_field(manifest, entry)
+    divisors = {"truth / its field": ("true", log_field),
+                "truth / quadratic fit": ("quadratic", quadratic_fit(log_field, mask,
+                                                                     image.affine))}
     entries = {}
-    for name, log_divisor in (("truth / its field", log_field),
-                              ("truth / quadratic fit", quadratic_fit(log_field, mask,
-                                                                      image.affine))):
+    for name, (stem, log_divisor) in divisors.items():
         data = np.asarray(image.dataobj, np.float64) * np.exp(-log_divisor) * mask
-        path = folder / f"{entry['subject']}_{'true' if 'its' in name else 'quadratic'}.nii.gz"
+        path = folder / f"{entry['subject']}_{stem}.nii.gz"
         nib.save(nib.Nifti1Image(data.astype(np.float32), image.affine, image.header), str(path))
         entries[name] = {**entry, "path": str(path)}
     return entries
