@@ -118,11 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{calibration.scan_nyul_weight:g}; higher: closer to Nyul, "
                              "each subject moved onto the population's contrast)")
     parser.add_argument("--scan-nyul-contrast-gain", type=non_negative_float,
-                        help="init 'calibrated': k: each scan's own-map weight is "
-                             "clip(v + k * (1 - r), 0, 1), r its tissue contrast under its "
-                             "site's map over the target's (1: the site's typical subject); "
-                             f"default {calibration.scan_nyul_contrast_gain:g}, 0: the same "
-                             "weight for every scan")
+                        help="init 'calibrated': k: a scan flatter than its site's typical "
+                             "one takes clip(v + k * (1 - r), 0, 1) of its own map, r its "
+                             "tissue contrast under its site's map over the target's (r < 1: "
+                             f"flatter); default {calibration.scan_nyul_contrast_gain:g}, 0: "
+                             "the same weight v for every scan")
     parser.add_argument("--sites", default="folder",
                         help="which inputs share an intensity curve (blindharmony) or Nyul "
                              "landmarks (site-nyul), one per site, fitted on up to 32 of its "

@@ -318,7 +318,8 @@ def scan_map_weight(config: CalibrationConfig, own: np.ndarray, site_marks: np.n
     if config.scan_nyul_contrast_gain == 0 or site_marks is None:
         return config.scan_nyul_weight, None
     ratio = contrast_ratio(own, site_marks, reference.nyul_scale())
-    weight = config.scan_nyul_weight + config.scan_nyul_contrast_gain * (1.0 - ratio)
+    flatness = max(1.0 - ratio, 0.0) if config.scan_nyul_gain_flatter_only else 1.0 - ratio
+    weight = config.scan_nyul_weight + config.scan_nyul_contrast_gain * flatness
     return float(np.clip(weight, 0.0, 1.0)), ratio
 
 

@@ -464,7 +464,8 @@ def test_a_prior_without_nyul_scale_warns_that_nyul_weight_has_no_effect(trained
     assert "no Nyul scale" in warning and "--nyul-from" in warning
     assert str(trained[0].name) in warning
     curve_alone = replace(settings, calibration=replace(settings.calibration, nyul_weight=0.0,
-                                                        scan_nyul_weight=0.0))
+                                                        scan_nyul_weight=0.0,
+                                                        scan_nyul_contrast_gain=0.0))
     assert flow_method(old, "blindharmony", curve_alone, 8).warnings == ()
     scan_only = replace(settings, calibration=replace(curve_alone.calibration,
                                                       scan_nyul_weight=0.5))

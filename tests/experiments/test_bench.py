@@ -25,7 +25,7 @@ def test_sweep_grids_the_calibration_and_scores_each_curve(trained, tiny_phantom
     folder, manifest = tiny_phantom
     # Each volume's own curve alone (no field, noise matching or safety net).
     alone = dict(pool=8, shared=False, noise_matched=False, field_penalty=None, fallback=False,
-                 nyul_weight=0.0, scan_nyul_weight=0.0)
+                 nyul_weight=0.0, scan_nyul_weight=0.0, scan_nyul_contrast_gain=0.0)
     grid = [CalibrationConfig(steps=1, **alone), CalibrationConfig(steps=2, **alone)]
     rows = sweep(str(workdir), str(folder), 8, [0.0], [0.01], [0.05], [1], solver="curve",
                  calibrations=grid, sites=["exp"])

@@ -144,7 +144,8 @@ def test_curve_solver_returns_the_calibrated_volume(flow, volumes):
                             calibration=CalibrationConfig(steps=2, pool=8, field_penalty=None,
                                                           shared=False, fallback=False,
                                                           nyul_weight=0.0,
-                                                          scan_nyul_weight=0.0))
+                                                          scan_nyul_weight=0.0,
+                                                          scan_nyul_contrast_gain=0.0))
     # On the 8 simulated devices (1 device against 8: the sharded-fit tests below).
     for devices in (jax.devices(),):
         harmonizer = Harmonizer(flow.model, flow.params, settings, batch_size=8, devices=devices)
@@ -202,7 +203,8 @@ def test_a_field_is_fitted_per_volume_and_the_curve_refitted(flow, volumes):
 
 def test_shared_curve_is_one_fit_on_the_volumes_together(flow, volumes):
     config = CalibrationConfig(steps=2, pool=8, field_penalty=None, noise_matched=False,
-                               fallback=False, nyul_weight=0.0, scan_nyul_weight=0.0)
+                               fallback=False, nyul_weight=0.0, scan_nyul_weight=0.0,
+                               scan_nyul_contrast_gain=0.0)
     calibrator = Calibrator(flow.model, flow.params, config, devices=jax.devices()[:1])
     shared, _ = calibrator.shared_curve([(v.slices, v.slice_masks) for v in volumes],
                                         flow.reference)
@@ -510,7 +512,7 @@ def test_nyul_weight_averages_the_sites_curve_with_its_nyul_map(flow, volumes):
     for weight in (0.0, 0.5, 1.0):
         config = CalibrationConfig(steps=2, pool=8, field_steps=2, fallback=False,
                                    noise_matched=False, nyul_weight=weight,
-                                   scan_nyul_weight=0.0)
+                                   scan_nyul_weight=0.0, scan_nyul_contrast_gain=0.0)
         harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(calibration=config),
                                 batch_size=8, devices=jax.devices()[:1])
         site = site or shared_curve(harmonizer, volumes, flow.reference)
@@ -546,7 +548,7 @@ def test_scan_nyul_weight_averages_in_the_volumes_own_nyul_map(flow, volumes):
     for weight in (0.0, 0.5, 1.0):
         config = CalibrationConfig(steps=2, pool=8, field_steps=2, fallback=False,
                                    noise_matched=False, nyul_weight=0.0,
-                                   scan_nyul_weight=weight)
+                                   scan_nyul_weight=weight, scan_nyul_contrast_gain=0.0)
         harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(calibration=config),
                                 batch_size=8, devices=jax.devices()[:1])
         site = site or shared_curve(harmonizer, volumes, flow.reference)
@@ -579,7 +581,8 @@ def test_scan_nyul_contrast_gain_gives_each_volume_its_own_weight(flow, volumes)
         return Harmonizer(flow.model, flow.params, SolverConfig(calibration=config),
                           batch_size=8, devices=jax.devices()[:1])
 
-    gained = harmonizer(scan_nyul_weight=0.375, scan_nyul_contrast_gain=20.0)
+    gained = harmonizer(scan_nyul_weight=0.375, scan_nyul_contrast_gain=20.0,
+                        scan_nyul_gain_flatter_only=False)
     site = shared_curve(gained, volumes, flow.reference)
     scale = flow.reference.nyul_scale()
     results = harmonize_volumes(gained, volumes, flow.reference, site=site)
@@ -593,11 +596,21 @@ def test_scan_nyul_contrast_gain_gives_each_volume_its_own_weight(flow, volumes)
         assert result.notes["scan_nyul_weight"] == pytest.approx(weights[-1], abs=1e-4)
     assert max(weights) > min(weights)  # the volumes' contrasts differ
     first = int(np.argmax(weights))  # one volume's output against a fixed weight's
-    fixed = harmonize_volumes(harmonizer(scan_nyul_weight=weights[first]), [volumes[first]],
+    fixed = harmonize_volumes(harmonizer(scan_nyul_weight=weights[first],
+                                         scan_nyul_contrast_gain=0.0), [volumes[first]],
                               flow.reference, site=site)[0]
     np.testing.assert_allclose(results[first].slices, fixed.slices, atol=1e-5)
     assert "scan_contrast_ratio" not in harmonize_volumes(
-        harmonizer(scan_nyul_weight=0.375), volumes[:1], flow.reference, site=site)[0].notes
+        harmonizer(scan_nyul_weight=0.375, scan_nyul_contrast_gain=0.0), volumes[:1],
+        flow.reference, site=site)[0].notes
+    flatter_only = harmonize_volumes(
+        harmonizer(scan_nyul_weight=0.375, scan_nyul_contrast_gain=20.0,
+                   scan_nyul_gain_flatter_only=True), volumes, flow.reference, site=site)
+    ratios = [r.notes["scan_contrast_ratio"] for r in results]
+    assert min(ratios) < 1 < max(ratios)  # both sides are tested
+    for ratio, result in zip(ratios, flatter_only):
+        expected = min(0.375 + 20.0 * max(1.0 - ratio, 0.0), 1.0)
+        assert result.notes["scan_nyul_weight"] == pytest.approx(expected, abs=1e-4)
     with pytest.raises(ValueError, match="scan_nyul_contrast_gain"):
         CalibrationConfig(scan_nyul_contrast_gain=-1.0)
 
