@@ -96,7 +96,8 @@ class CalibrationConfig:
         subject's own. 0.375 (with `nyul_weight` 1): on 20 validation subjects 1.2 to
         2.0 dB above (0.75, 0.5) on the shifts at the same WM Dice (within 0.0001),
         and above Nyul's PSNR, SSIM and Dice on the scanner sites of the standard
-        validation subjects (docs/methods.md). 0: none.
+        validation subjects (docs/methods.md). 0 (and `scan_nyul_contrast_gain` 0):
+        none.
       scan_nyul_contrast_gain: k >= 0: each scan's weight of its own map is
         clip(v + k * (1 - r), 0, 1) instead of v, where r is the scan's tissue
         contrast under its site's map over the standard scale's (the spread of its
@@ -104,7 +105,8 @@ class CalibrationConfig:
         scan with less contrast than its site's subjects takes more of its own map
         (a target-trained segmenter separates a low-contrast subject's white
         matter better at the population's contrast), one with more takes less
-        (its own contrast segments as well and keeps its PSNR). 0: v for every
+        unless `scan_nyul_gain_flatter_only` (its own contrast segments as well
+        and keeps its PSNR). 0: v for every
         scan. 4 (flatter scans only): on 20 validation subjects the shifts' worst
         WM Dice margin over Nyul's +0.0004 instead of +0.0001, for 2.5 to 3.3 dB
         of PSNR (still 1.8 to 3.1 above Nyul), and at or above Nyul's PSNR, SSIM and
