@@ -35,6 +35,7 @@ from bh_jax.cli.common import (
 from bh_jax.harmonize.settings import (
     DEFAULT_SOLVER,
     DEFAULTS,
+    GAIN_FLATTER_ONLY,
     INITS,
     SOLVERS,
     CalibrationConfig,
@@ -118,11 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{calibration.scan_nyul_weight:g}; higher: closer to Nyul, "
                              "each subject moved onto the population's contrast)")
     parser.add_argument("--scan-nyul-contrast-gain", type=non_negative_float,
-                        help="init 'calibrated': k: a scan flatter than its site's typical "
-                             "one takes clip(v + k * (1 - r), 0, 1) of its own map, r its "
-                             "tissue contrast under its site's map over the target's (r < 1: "
-                             f"flatter); default {calibration.scan_nyul_contrast_gain:g}, 0: "
-                             "the same weight v for every scan")
+                        help="init 'calibrated': k: a scan takes clip(v + k * (1 - r), 0, 1) "
+                             "of its own map, r its tissue contrast under its site's map over "
+                             "the target's (r < 1: flatter; r > 1 only where "
+                             "--scan-nyul-gain-flatter-only does not cover the scan); default "
+                             f"{calibration.scan_nyul_contrast_gain:g}, 0: the same weight v "
+                             "for every scan")
+    parser.add_argument("--scan-nyul-gain-flatter-only", choices=GAIN_FLATTER_ONLY,
+                        help="init 'calibrated': on which scans the contrast gain only "
+                             "raises the weight (a scan with more contrast than its site's "
+                             "typical one otherwise takes less): 'all', 'noisy' (the scans "
+                             "smoothed to the target's noise) or 'none'; default "
+                             f"{calibration.scan_nyul_gain_flatter_only}")
     parser.add_argument("--sites", default="folder",
                         help="which inputs share an intensity curve (blindharmony) or Nyul "
                              "landmarks (site-nyul), one per site, fitted on up to 32 of its "
@@ -186,7 +194,8 @@ def solver_settings(args: argparse.Namespace):
         given["field_penalty"] = None
     elif args.field_steps is not None:
         given["field_steps"] = args.field_steps
-    for name in ("nyul_weight", "scan_nyul_weight", "scan_nyul_contrast_gain"):
+    for name in ("nyul_weight", "scan_nyul_weight", "scan_nyul_contrast_gain",
+                 "scan_nyul_gain_flatter_only"):
         if getattr(args, name) is not None:
             given[name] = getattr(args, name)
     if base.init == "calibrated" or args.init == "calibrated":

@@ -300,7 +300,8 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
         own = corrected_landmarks([(slices, prepared.slice_masks,
                                     log_field_of(prepared, field))], reference)
         if own is not None:
-            weight, ratio = scan_map_weight(config, own, site.landmarks, reference)
+            weight, ratio = scan_map_weight(config, own, site.landmarks, reference,
+                                            noise_matched=smoothing > 0)
             if ratio is not None:
                 notes["scan_contrast_ratio"] = ratio
             scan_map = nyul_transform(prepared, reference, SiteLandmarks(own, 1))
@@ -311,14 +312,19 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
 
 
 def scan_map_weight(config: CalibrationConfig, own: np.ndarray, site_marks: np.ndarray | None,
-                    reference: TargetReference) -> tuple[float, float | None]:
+                    reference: TargetReference, noise_matched: bool
+                    ) -> tuple[float, float | None]:
     """(the weight of a scan's own Nyul map, its contrast ratio or None):
     `CalibrationConfig.scan_nyul_weight`, moved by `scan_nyul_contrast_gain` times how
-    much flatter the scan (landmarks `own`) is than its site's typical scan."""
+    much flatter the scan (landmarks `own`) is than its site's typical scan; only
+    upwards where `scan_nyul_gain_flatter_only` covers the scan ('noisy': the fit
+    smoothed it, `noise_matched`)."""
     if config.scan_nyul_contrast_gain == 0 or site_marks is None:
         return config.scan_nyul_weight, None
     ratio = contrast_ratio(own, site_marks, reference.nyul_scale())
-    flatness = max(1.0 - ratio, 0.0) if config.scan_nyul_gain_flatter_only else 1.0 - ratio
+    sides = config.scan_nyul_gain_flatter_only
+    flatter_only = sides == "all" or (sides == "noisy" and noise_matched)
+    flatness = max(1.0 - ratio, 0.0) if flatter_only else 1.0 - ratio
     weight = config.scan_nyul_weight + config.scan_nyul_contrast_gain * flatness
     return float(np.clip(weight, 0.0, 1.0)), ratio
 

@@ -25,6 +25,7 @@ from bh_jax.harmonize.pipeline import (
     field_gain,
     field_size,
     safety_net,
+    scan_map_weight,
     shared_curve,
     site_is_noisy,
     transformed_slices,
@@ -367,13 +368,17 @@ def test_cli_settings_keep_the_calibration_config():
     assert calibration.nyul_weight == CalibrationConfig().nyul_weight
     args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
                                  "--nyul-weight", "0.25", "--scan-nyul-weight", "0.5",
-                                 "--scan-nyul-contrast-gain", "3"])
+                                 "--scan-nyul-contrast-gain", "3",
+                                 "--scan-nyul-gain-flatter-only", "none"])
     given = harmonize.solver_settings(args).calibration
-    assert (given.nyul_weight, given.scan_nyul_weight, given.scan_nyul_contrast_gain) == (
-        0.25, 0.5, 3.0)
+    assert (given.nyul_weight, given.scan_nyul_weight, given.scan_nyul_contrast_gain,
+            given.scan_nyul_gain_flatter_only) == (0.25, 0.5, 3.0, "none")
+    assert (calibration.scan_nyul_gain_flatter_only
+            == CalibrationConfig().scan_nyul_gain_flatter_only)
     assert calibration.scan_nyul_contrast_gain == CalibrationConfig().scan_nyul_contrast_gain
     assert calibration.scan_nyul_weight == CalibrationConfig().scan_nyul_weight
-    for bad in (["--nyul-weight", "1.5"], ["--scan-nyul-contrast-gain", "-1"]):
+    for bad in (["--nyul-weight", "1.5"], ["--scan-nyul-contrast-gain", "-1"],
+                ["--scan-nyul-gain-flatter-only", "yes"]):
         with pytest.raises(SystemExit):
             harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o", *bad])
     assert calibration.segments == CalibrationConfig().segments
@@ -582,7 +587,7 @@ def test_scan_nyul_contrast_gain_gives_each_volume_its_own_weight(flow, volumes)
                           batch_size=8, devices=jax.devices()[:1])
 
     gained = harmonizer(scan_nyul_weight=0.375, scan_nyul_contrast_gain=20.0,
-                        scan_nyul_gain_flatter_only=False)
+                        scan_nyul_gain_flatter_only="none")
     site = shared_curve(gained, volumes, flow.reference)
     scale = flow.reference.nyul_scale()
     results = harmonize_volumes(gained, volumes, flow.reference, site=site)
@@ -605,7 +610,7 @@ def test_scan_nyul_contrast_gain_gives_each_volume_its_own_weight(flow, volumes)
         flow.reference, site=site)[0].notes
     flatter_only = harmonize_volumes(
         harmonizer(scan_nyul_weight=0.375, scan_nyul_contrast_gain=20.0,
-                   scan_nyul_gain_flatter_only=True), volumes, flow.reference, site=site)
+                   scan_nyul_gain_flatter_only="all"), volumes, flow.reference, site=site)
     ratios = [r.notes["scan_contrast_ratio"] for r in results]
     assert min(ratios) < 1 < max(ratios)  # both sides are tested
     for ratio, result in zip(ratios, flatter_only):
@@ -613,6 +618,30 @@ def test_scan_nyul_contrast_gain_gives_each_volume_its_own_weight(flow, volumes)
         assert result.notes["scan_nyul_weight"] == pytest.approx(expected, abs=1e-4)
     with pytest.raises(ValueError, match="scan_nyul_contrast_gain"):
         CalibrationConfig(scan_nyul_contrast_gain=-1.0)
+
+
+@pytest.mark.parametrize("spread, sides, noise_matched, expected", [
+    (0.9, "none", False, 0.375 + 4 * 0.1), (1.05, "none", False, 0.375 - 4 * 0.05),
+    (1.05, "all", False, 0.375), (0.9, "all", True, 0.375 + 4 * 0.1),
+    (1.05, "noisy", False, 0.375 - 4 * 0.05), (1.05, "noisy", True, 0.375),
+    (0.9, "noisy", True, 0.375 + 4 * 0.1), (1.3, "none", False, 0.0),
+    (0.7, "noisy", True, 1.0)])
+def test_the_contrast_gain_lowers_the_weight_only_on_the_scans_it_covers(
+        flow, spread, sides, noise_matched, expected):
+    """A scan whose landmarks spread `spread` times its site's about their middle has
+    contrast ratio `spread` under the site's map (the standard scale itself here):
+    it takes clip(0.375 + 4 (1 - r), 0, 1) of its own map, or 0.375 for r > 1 on a
+    scan that `scan_nyul_gain_flatter_only` covers ('noisy': the noise-matched ones)."""
+    scale = flow.reference.nyul_scale()
+    site = np.asarray(scale.intensities, np.float64)
+    own = site.mean() + spread * (site - site.mean())
+    config = CalibrationConfig(scan_nyul_weight=0.375, scan_nyul_contrast_gain=4.0,
+                               scan_nyul_gain_flatter_only=sides)
+    weight, ratio = scan_map_weight(config, own, site, flow.reference, noise_matched)
+    assert ratio == pytest.approx(spread, rel=1e-5)
+    assert weight == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="scan_nyul_gain_flatter_only"):
+        CalibrationConfig(scan_nyul_gain_flatter_only=True)
 
 
 def test_at_nyul_weight_one_the_refit_after_fields_is_skipped_and_nothing_changes(

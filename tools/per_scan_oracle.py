@@ -1,0 +1,86 @@
+"""Per-scan own-map weights against the shift bars (an oracle on `field_oracle.py`'s output).
+
+`tools/field_oracle.py` scores each subject's target-site image (a shift inverted
+exactly, optionally divided by its true field or the quadratic fit to it) through
+(1 - v) x its site's Nyul map + v x its own, for one v at a time. This check lets each
+subject take its own v among those scored: of all the combinations, how many put the
+mean PSNR at least Nyul's + 1 dB and the mean WM Dice at least Nyul's on every shift,
+how many of those have v falling as the subject's contrast ratio r rises (r as
+`CalibrationConfig.scan_nyul_contrast_gain` measures it: `nyul.contrast_ratio` of its
+landmarks under its site's map, on `--r-site`'s scans without a field), and what the
+gain's rules, v = clip(0.375 + k (1 - r), 0, 1) both sided or flatter only, give
+(each v rounded to the nearest scored one). It chooses nothing.
+
+    python tools/per_scan_oracle.py --oracle runs/field-oracle-test/field_oracle.json \\
+        --checkpoint bh_jax/pretrained/demo --data-dir data/phantom-demo --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+from noise_check import open_check, site_volumes
+
+from bh_jax.baselines.nyul import contrast_ratio, landmarks, site_landmarks
+
+SHIFTS = ("log", "gamma0.7", "exp", "gamma1.5")
+
+
+def contrast_ratios(args) -> dict[str, float]:
+    """{subject: r} of the split's `--r-site` scans under their site's Nyul map."""
+    flow, manifest, _ = open_check(args)
+    scale = flow.reference.nyul_scale()
+    entries, sources, _, _ = site_volumes(manifest, args.split, args.r_site, flow.config.data)
+    brains = [p.slices[p.slice_masks] for p in sources]
+    site = site_landmarks(brains, scale.percentiles)
+    return {e["subject"]: contrast_ratio(landmarks(b, scale.percentiles), site, scale)
+            for e, b in zip(entries, brains)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--oracle", required=True, help="field_oracle.json")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--r-site", default="log", help="the shift whose scans give r")
+    args = parser.parse_args()
+    args.out, args.phantom_seed = str(Path(args.oracle).parent), None  # as open_check wants
+    rows = json.loads(Path(args.oracle).read_text())["rows"]
+    score = {(r["site"], r["method"], r["subject"]): (r["psnr"], r["dice"]) for r in rows}
+    ratio = contrast_ratios(args)
+    subjects = sorted(ratio, key=ratio.get)  # flattest first
+    bars = {s: (np.mean([score[s, "v=1", x][0] for x in subjects]) + 1.0,
+                np.mean([score[s, "v=1", x][1] for x in subjects])) for s in SHIFTS}
+    weights = sorted({float(m[2:]) for _, m, _ in score if m.startswith("v=")})
+    print("r:", ", ".join(f"{x} {ratio[x]:.3f}" for x in subjects))
+    print("bars (PSNR, Dice):", {s: (round(p, 2), round(d, 4)) for s, (p, d) in bars.items()})
+    for image in dict.fromkeys(k[0] for k in score if k[0] not in SHIFTS):
+        def mean(vs):
+            values = [score[image, f"v={v:g}", x] for v, x in zip(vs, subjects)]
+            return np.mean([p for p, _ in values]), np.mean([d for _, d in values])
+
+        meets = monotone = 0
+        for vs in itertools.product(weights, repeat=len(subjects)):
+            psnr, dice = mean(vs)
+            if all(psnr >= p and dice >= d for p, d in bars.values()):
+                meets += 1
+                monotone += all(a >= b for a, b in zip(vs, vs[1:]))
+        print(f"\n{image}: {meets} of {len(weights) ** len(subjects)} combinations meet "
+              f"both bars, {monotone} of them with v falling as r rises")
+        for name, flatter_only in (("k = 4, both sides", False), ("k = 4, flatter only", True)):
+            flatness = [max(1 - ratio[x], 0) if flatter_only else 1 - ratio[x]
+                        for x in subjects]
+            vs = [float(np.clip(0.375 + 4 * f, 0, 1)) for f in flatness]
+            nearest = [min(weights, key=lambda w, v=v: abs(w - v)) for v in vs]
+            psnr, dice = mean(nearest)
+            print(f"  {name}: v {', '.join(f'{v:.2f}' for v in vs)} -> {psnr:.2f} dB / "
+                  f"{dice:.4f}")
+
+
+if __name__ == "__main__":
+    main()
