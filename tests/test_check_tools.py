@@ -1,6 +1,7 @@
 """The check scripts in tools/: the blends of a site's and a scan's own Nyul maps
 (nyul_blend_check.py), the data set a check opens (noise_check.check_parser,
-open_check) and the target's own field recovered from the phantom (field_oracle.py)."""
+open_check), the target's own field recovered from the phantom (field_oracle.py) and
+per-scan weights counted against the bars (per_scan_oracle.py)."""
 
 import importlib.util
 from pathlib import Path
@@ -140,3 +141,19 @@ def test_the_quadratic_fit_keeps_a_quadratic_field_and_is_least_squares(monkeypa
     for term in (np.ones_like(x), x, y * y, x * z):
         assert abs(np.dot(residual, term[mask])) < 1e-8 * np.linalg.norm(term[mask]) * mask.sum()
     assert np.all(fitted[~mask] == 0)
+
+
+def test_per_scan_weights_are_counted_against_every_bar(monkeypatch):
+    """Two subjects, weights 0 and 1: subject a scores (30, 0.97) at v = 0 and (20, 0.98)
+    at v = 1, subject b (40, 0.96) and (36, 0.99). Mean PSNR >= 30 and Dice >= 0.975
+    holds for (0, 1): (33, 0.98); (1, 1) (28, 0.985) fails PSNR, (0, 0) (35, 0.965) and
+    (1, 0) (30, 0.97) fail Dice: one combination, and it rises along the subjects."""
+    tool = _tool(monkeypatch, "per_scan_oracle")
+    score = {("img", "v=0", "a"): (30.0, 0.97), ("img", "v=1", "a"): (20.0, 0.98),
+             ("img", "v=0", "b"): (40.0, 0.96), ("img", "v=1", "b"): (36.0, 0.99)}
+    bars = {"log": (30.0, 0.975), "exp": (29.0, 0.97)}
+    assert tool.combinations_meeting(score, "img", ["a", "b"], [0.0, 1.0], bars) == (1, 0)
+    assert tool.combinations_meeting(score, "img", ["b", "a"], [0.0, 1.0], bars) == (1, 1)
+    assert tool.mean_scores(score, "img", ["a", "b"], [0.0, 1.0]) == pytest.approx((33.0, 0.98))
+    bars["gamma0.7"] = (33.5, 0.0)  # a third bar no combination meets
+    assert tool.combinations_meeting(score, "img", ["a", "b"], [0.0, 1.0], bars) == (0, 0)

@@ -41,6 +41,25 @@ def contrast_ratios(args) -> dict[str, float]:
             for e, b in zip(entries, brains)}
 
 
+def mean_scores(score: dict, image: str, subjects: list[str], weights) -> tuple[float, float]:
+    """(mean PSNR, mean Dice) over `subjects` of `image`, each at its own weight."""
+    values = [score[image, f"v={v:g}", x] for v, x in zip(weights, subjects)]
+    return float(np.mean([p for p, _ in values])), float(np.mean([d for _, d in values]))
+
+
+def combinations_meeting(score: dict, image: str, subjects: list[str], weights: list[float],
+                         bars: dict[str, tuple[float, float]]) -> tuple[int, int]:
+    """(how many per-subject weight combinations put `image`'s mean PSNR and Dice at or
+    above every (PSNR, Dice) of `bars`, how many of those never rise along `subjects`)."""
+    meets = monotone = 0
+    for vs in itertools.product(weights, repeat=len(subjects)):
+        psnr, dice = mean_scores(score, image, subjects, vs)
+        if all(psnr >= p and dice >= d for p, d in bars.values()):
+            meets += 1
+            monotone += all(a >= b for a, b in zip(vs, vs[1:]))
+    return meets, monotone
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--oracle", required=True, help="field_oracle.json")
@@ -60,16 +79,7 @@ def main() -> None:
     print("r:", ", ".join(f"{x} {ratio[x]:.3f}" for x in subjects))
     print("bars (PSNR, Dice):", {s: (round(p, 2), round(d, 4)) for s, (p, d) in bars.items()})
     for image in dict.fromkeys(k[0] for k in score if k[0] not in SHIFTS):
-        def mean(vs):
-            values = [score[image, f"v={v:g}", x] for v, x in zip(vs, subjects)]
-            return np.mean([p for p, _ in values]), np.mean([d for _, d in values])
-
-        meets = monotone = 0
-        for vs in itertools.product(weights, repeat=len(subjects)):
-            psnr, dice = mean(vs)
-            if all(psnr >= p and dice >= d for p, d in bars.values()):
-                meets += 1
-                monotone += all(a >= b for a, b in zip(vs, vs[1:]))
+        meets, monotone = combinations_meeting(score, image, subjects, weights, bars)
         print(f"\n{image}: {meets} of {len(weights) ** len(subjects)} combinations meet "
               f"both bars, {monotone} of them with v falling as r rises")
         for name, flatter_only in (("k = 4, both sides", False), ("k = 4, flatter only", True)):
@@ -77,7 +87,7 @@ def main() -> None:
                         for x in subjects]
             vs = [float(np.clip(0.375 + 4 * f, 0, 1)) for f in flatness]
             nearest = [min(weights, key=lambda w, v=v: abs(w - v)) for v in vs]
-            psnr, dice = mean(nearest)
+            psnr, dice = mean_scores(score, image, subjects, nearest)
             print(f"  {name}: v {', '.join(f'{v:.2f}' for v in vs)} -> {psnr:.2f} dB / "
                   f"{dice:.4f}")
 
