@@ -122,7 +122,7 @@ class CalibrationConfig:
         map, which keeps its own contrast) or 'none' (both sides on every scan).
         'noisy': taking less from high-contrast scans cost a noisy site's SSIM on
         validation, and on the clean shifts it was worth 1.6 to 2.6 dB over 'all'
-        at the same WM Dice (within 0.0001; docs/methods.md).
+        at the same WM Dice (within 0.00011; docs/methods.md).
     """
 
     # Chosen on the validation subjects (docs/methods.md).
