@@ -1,7 +1,8 @@
 """The check scripts in tools/: the blends of a site's and a scan's own Nyul maps
 (nyul_blend_check.py), the data set a check opens (noise_check.check_parser,
 open_check), the target's own field recovered from the phantom (field_oracle.py) and
-per-scan weights counted against the bars (per_scan_oracle.py)."""
+per-scan weights counted against the bars (per_scan_oracle.py) and several checks read as
+one (merge_checks.py)."""
 
 import importlib.util
 from pathlib import Path
@@ -157,3 +158,47 @@ def test_per_scan_weights_are_counted_against_every_bar(monkeypatch):
     assert tool.mean_scores(score, "img", ["a", "b"], [0.0, 1.0]) == pytest.approx((33.0, 0.98))
     bars["gamma0.7"] = (33.5, 0.0)  # a third bar no combination meets
     assert tool.combinations_meeting(score, "img", ["a", "b"], [0.0, 1.0], bars) == (0, 0)
+
+
+def _check_run(folder, subjects, psnr, dice, seeds=(), site="log"):
+    """A settings_check.json of `subjects` at `site`: the default at `psnr` and
+    `dice` per subject, Nyul at 30 dB and Dice 0.97 (and the truths' own rows)."""
+    import json
+    rows = []
+    for subject, p, d in zip(subjects, psnr, dice, strict=True):
+        rows.append({"site": site, "subject": subject, "method": "default",
+                     "psnr": p, "ssim": 0.99, "dice": d})
+        rows.append({"site": site, "subject": subject, "method": "Nyul",
+                     "psnr": 30.0, "ssim": 0.98, "dice": 0.97})
+        rows.append({"site": "target", "subject": subject, "method": "Truth",
+                     "psnr": 99.0, "ssim": 1.0, "dice": 0.972})
+    folder.mkdir()
+    (folder / "settings_check.json").write_text(json.dumps(
+        {"rows": rows, "split": "val", "segmenter_seeds": list(seeds)}))
+
+
+def test_merged_checks_average_over_every_groups_subjects(monkeypatch, tmp_path):
+    tool = _tool(monkeypatch, "merge_checks")
+    _check_run(tmp_path / "g1", ["sub-1", "sub-2"], [31.0, 33.0], [0.971, 0.969])
+    _check_run(tmp_path / "g2", ["sub-3"], [35.0], [0.968])
+    _check_run(tmp_path / "g1-exp", ["sub-1"], [40.0], [0.975], site="exp")
+    rows = tool.merged_rows([tmp_path / "g1", tmp_path / "g2", tmp_path / "g1-exp"])
+    assert len(rows) == 11  # sub-1's truth, scored by both of its runs, counts once
+    # Hand-computed: PSNR margins 1, 3, 5 -> +3.00; Dice margins +0.001, -0.001, -0.002.
+    assert "| default | +3.00 / -0.00067 (2 below) | +10.00 / +0.00500 (0 below) |" in (
+        tool.margins(rows))
+    assert "| default | 33.00 / 0.9900 / 0.9693 | 40.00 / 0.9900 / 0.9750 |" in (
+        tool.summary(rows))
+
+
+def test_merged_checks_refuse_a_subject_twice_or_another_layout(monkeypatch, tmp_path):
+    tool = _tool(monkeypatch, "merge_checks")
+    _check_run(tmp_path / "g1", ["sub-1"], [31.0], [0.97])
+    _check_run(tmp_path / "again", ["sub-1"], [31.0], [0.97])
+    _check_run(tmp_path / "seeds", ["sub-2"], [31.0], [0.97], seeds=[1])
+    with pytest.raises(SystemExit, match="sub-1 at log .default. is already in an earlier"):
+        tool.merged_rows([tmp_path / "g1", tmp_path / "again"])
+    with pytest.raises(SystemExit, match="segmenter seeds"):
+        tool.merged_rows([tmp_path / "g1", tmp_path / "seeds"])
+    with pytest.raises(SystemExit, match="missing"):
+        tool.merged_rows([tmp_path / "g1", tmp_path / "nowhere"])
