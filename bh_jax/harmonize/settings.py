@@ -110,7 +110,7 @@ class CalibrationConfig:
         (a target-trained segmenter separates a low-contrast subject's white
         matter better at the population's contrast), one with more takes less
         unless `scan_nyul_gain_flatter_only` covers it (its own contrast segments
-        as well and keeps its PSNR). 0: v for every scan. 4 (with 'noisy'): on 20
+        as well and keeps its PSNR). 0: v for every scan. 4 (with 'noisy', at v 0.375): on 20
         validation subjects the shifts' worst WM Dice margin over Nyul's +0.0005
         instead of +0.0001 for 0.7 to 1.0 dB of PSNR (still 3.5 to 5.6 above
         Nyul), and at or above Nyul's PSNR, SSIM and Dice on the scanner sites of
