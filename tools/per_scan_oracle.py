@@ -34,16 +34,19 @@ SHIFTS = ("log", "gamma0.7", "exp", "gamma1.5")
 def gain_weights(args) -> dict[str, dict[str, tuple[float, float]]]:
     """{subject: {'none' and 'all': (its own-map weight, its contrast ratio r)}} of the
     split's `--r-site` scans under their site's Nyul map, by the default's own rule
-    (`pipeline.scan_map_weight`, both sides and flatter only)."""
+    (`pipeline.scan_map_weight`, both sides and flatter only) from `--scan-nyul-weight`."""
     flow, manifest, _ = open_check(args)
     scale = flow.reference.nyul_scale()
     entries, sources, _, _ = site_volumes(manifest, args.split, args.r_site, flow.config.data)
     brains = [p.slices[p.slice_masks] for p in sources]
     site = site_landmarks(brains, scale.percentiles)
-    return {e["subject"]: {sides: scan_map_weight(
-        CalibrationConfig(scan_nyul_gain_flatter_only=sides), landmarks(b, scale.percentiles),
-        site, flow.reference, noise_matched=False) for sides in ("none", "all")}
-        for e, b in zip(entries, brains)}
+    configs = {sides: CalibrationConfig(scan_nyul_weight=args.scan_nyul_weight,
+                                        scan_nyul_gain_flatter_only=sides)
+               for sides in ("none", "all")}
+    return {e["subject"]: {sides: scan_map_weight(config, landmarks(b, scale.percentiles),
+                                                  site, flow.reference, noise_matched=False)
+                           for sides, config in configs.items()}
+            for e, b in zip(entries, brains)}
 
 
 def mean_scores(score: dict, image: str, subjects: list[str], weights) -> tuple[float, float]:
@@ -72,6 +75,10 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--split", default="val")
     parser.add_argument("--r-site", default="log", help="the shift whose scans give r")
+    parser.add_argument("--scan-nyul-weight", type=float,
+                        default=CalibrationConfig().scan_nyul_weight,
+                        help="the gain's base weight v (default: the default's; 0.375 "
+                             "gives the numbers in docs/results.md)")
     args = parser.parse_args()
     args.out, args.phantom_seed = str(Path(args.oracle).parent), None  # as open_check wants
     rows = json.loads(Path(args.oracle).read_text())["rows"]
