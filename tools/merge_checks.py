@@ -40,12 +40,13 @@ def merged_rows(folders: list[Path]) -> list[dict]:
         layout = this
         for row in run["rows"]:
             key = (row["site"], row["method"], row["subject"])
-            if key in seen and row["site"] != "target":
-                raise SystemExit(f"{path}: {row['subject']} at {row['site']} "
-                                 f"({row['method']}) is already in an earlier run")
-            if key not in seen:
-                rows.append(row)
+            if key in seen:
+                if row["site"] != "target":
+                    raise SystemExit(f"{path}: {row['subject']} at {row['site']} "
+                                     f"({row['method']}) is already in an earlier run")
+                continue
             seen.add(key)
+            rows.append(row)
     return rows
 
 
@@ -57,14 +58,14 @@ def margins(rows: list[dict], baseline: str = "Nyul") -> str:
              if n != baseline]
     lines = [f"| method - {baseline} | " + " | ".join(sites) + " |",
              "|---|" + "---|" * len(sites)]
+    base = {site: {r["subject"]: r for r in rows
+                   if r["site"] == site and r["method"] == baseline} for site in sites}
     for name in names:
         cells = []
         for site in sites:
-            base = {r["subject"]: r for r in rows
-                    if r["site"] == site and r["method"] == baseline}
             mine = [r for r in rows if r["site"] == site and r["method"] == name]
-            psnr = np.mean([r["psnr"] - base[r["subject"]]["psnr"] for r in mine])
-            dice = [r["dice"] - base[r["subject"]]["dice"] for r in mine]
+            psnr = np.mean([r["psnr"] - base[site][r["subject"]]["psnr"] for r in mine])
+            dice = [r["dice"] - base[site][r["subject"]]["dice"] for r in mine]
             below = sum(d < 0 for d in dice)
             cells.append(f"{psnr:+.2f} / {np.mean(dice):+.5f} ({below} below)")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
