@@ -1,10 +1,11 @@
 """The check scripts in tools/: the blends of a site's and a scan's own Nyul maps
 (nyul_blend_check.py), the data set a check opens (noise_check.check_parser,
 open_check), the target's own field recovered from the phantom (field_oracle.py) and
-per-scan weights counted against the bars (per_scan_oracle.py) and several checks read as
-one (merge_checks.py)."""
+per-scan weights counted against the bars (per_scan_oracle.py), several checks read as
+one (merge_checks.py) and the safety net's margins counted (safety_net_margins.py)."""
 
 import importlib.util
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -202,3 +203,23 @@ def test_merged_checks_refuse_a_subject_twice_or_another_layout(monkeypatch, tmp
         tool.merged_rows([tmp_path / "g1", tmp_path / "seeds"])
     with pytest.raises(SystemExit, match="missing"):
         tool.merged_rows([tmp_path / "g1", tmp_path / "nowhere"])
+
+
+def test_safety_net_margins_count_the_gaps_above_each_margin(monkeypatch, tmp_path):
+    """Gaps (output's bits/dim minus Nyul's) 0.02, 0.08 and an intruder's 0.3: flagged
+    3 / 2 / 1 / 0 at margins 0, 0.05, 0.1, 0.5; 2 below Nyul's PSNR; the intruder's gap
+    named."""
+    tool = _tool(monkeypatch, "safety_net_margins")
+
+    def row(subject, gap, psnr):
+        return {"site": "log", "subject": subject, "bpd_default": -7.0 + gap, "bpd_nyul": -7.0,
+                "default": {"psnr": psnr}, "nyul": {"psnr": 30.0}}
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "safety_net_check.json").write_text(json.dumps({"rows": [
+        row("sub-001", 0.02, 35.0), row("sub-002", 0.08, 29.0),
+        row("sub-001 (siteC)", 0.3, 20.0)]}))
+    table = tool.margin_table([run], [0.0, 0.05, 0.1, 0.5]).splitlines()
+    assert len(table) == 3
+    assert table[2] == ("| run | log (intruder's gap +0.300) | 3 | 2 | +0.300 | 3 | 2 | 1 | 0 |")

@@ -50,7 +50,8 @@ from bh_jax.harmonize.settings import default_settings
 
 # Not used by a site's fit.
 APPLIED_FIELDS = {"nyul_weight", "scan_nyul_weight", "scan_nyul_contrast_gain",
-                  "scan_nyul_gain_flatter_only", "smooth_output", "fallback"}
+                  "scan_nyul_gain_flatter_only", "smooth_output", "fallback",
+                  "safety_margin"}
 
 
 def variant(text: str) -> tuple[str, dict]:

@@ -308,7 +308,7 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
             transform = averaged(transform, scan_map, weight)
             notes["scan_nyul_weight"] = weight
     return safety_net(calibrator, prepared, slices, transform, reference, notes,
-                      config.fallback)
+                      config.fallback, config.safety_margin)
 
 
 def scan_map_weight(config: CalibrationConfig, own: np.ndarray, site_marks: np.ndarray | None,
@@ -348,16 +348,18 @@ def own_curve(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndarr
 
 def safety_net(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndarray,
                transform: IntensityTransform, reference: TargetReference, notes: dict,
-               fallback: bool) -> tuple[IntensityTransform, dict]:
+               fallback: bool, margin: float = 0.0) -> tuple[IntensityTransform, dict]:
     """Flags (or, with `fallback`, replaces by Nyul's map) a transform that the prior
-    scores below Nyul's map of the same volume, or whose fit did not converge.
+    scores more than `margin` bits/dim below Nyul's map of the same volume, or whose
+    fit did not converge.
 
     Both are scored by the same change-of-variables likelihood of the volume's (fit)
     `slices`, in bits/dim, recorded in `notes`; a flag goes to notes["flag"], a
-    replacement to notes["fallback"]. Replacing is off by default: a volume's own
-    map (Nyul's) normalises the subject onto the population, which the prior scores
-    higher even where the site's curve is far closer to the truth (docs/methods.md).
-    Without a Nyul scale (an older prior), only the transform's score is noted."""
+    replacement to notes["fallback"]. The margin and replacing being off by default
+    have one reason: a volume's own map (Nyul's) normalises the subject onto the
+    population, which the prior scores a little higher even where the site's map is
+    far closer to the truth (docs/methods.md). Without a Nyul scale (an older prior),
+    only the transform's score is noted."""
     masks = prepared.slice_masks
     log_fields = log_field_of(prepared, transform.field)
     ours = calibrator.likelihood(curve_parameters(transform.values), slices, masks,
@@ -371,8 +373,9 @@ def safety_net(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndar
     notes["bits_per_dim"]["nyul"] = theirs
     reason = ("the intensity curve fit did not converge" if not notes.get("fitted", True)
               else "its score is not finite" if not np.isfinite(ours)
-              else f"the prior scores Nyul's map higher ({theirs:.4f} < {ours:.4f} bits/dim)"
-              if theirs < ours else None)
+              else f"the prior scores Nyul's map {ours - theirs:.3f} bits/dim higher "
+                   f"({theirs:.4f} < {ours:.4f}), beyond the {margin:g} margin"
+              if theirs < ours - margin else None)
     if reason is None:
         return transform, notes
     if not fallback:

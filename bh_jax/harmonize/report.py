@@ -55,9 +55,11 @@ def _site_of(report: dict) -> str:
 
 
 def attention(reports: list[dict]) -> dict[str, list[str]]:
-    """{output name: reasons} of the volumes that stand out: the safety net's flag,
-    failed slice fits, brain outside the window, or bits/dim far above those of the
-    other volumes of its site (sites differ in noise, hence in bits/dim)."""
+    """{output name: reasons} of the volumes that stand out: the safety net's flag
+    (with, where it flags most of a site, the likeliest cause: scans of more than one
+    scanner or protocol grouped as one site), failed slice fits, brain outside the
+    window, or bits/dim far above those of the other volumes of its site (sites
+    differ in noise, hence in bits/dim)."""
     means = [np.mean(r["diagnostics"]["bpd_result"]) if r.get("diagnostics") else np.nan
              for r in reports]
     usual = {}
@@ -67,11 +69,14 @@ def attention(reports: list[dict]) -> dict[str, list[str]]:
         if finite.size >= 3:  # fewer: nothing to compare with
             median = float(np.median(finite))
             usual[site] = (median, max(float(np.median(np.abs(finite - median))), 1e-6))
+    mostly_flagged = _mostly_flagged_sites(reports)
     flagged: dict[str, list[str]] = {}
     for report, mean in zip(reports, means):
         reasons = []
         if flag := (report.get("calibration") or {}).get("flag"):
             reasons.append(flag)
+            if hint := mostly_flagged.get(_site_of(report)):
+                reasons.append(hint)
         if any((report.get("diagnostics") or {}).get("failed", [])):
             reasons.append("some slice fits failed")
         if (report.get("brain_outside_window") or 0.0) > 0.01:
@@ -86,6 +91,20 @@ def attention(reports: list[dict]) -> dict[str, list[str]]:
         if reasons:
             flagged[Path(report["output"]).name] = reasons
     return flagged
+
+
+def _mostly_flagged_sites(reports: list[dict]) -> dict[str, str]:
+    """{site: hint} of the sites where the safety net flagged at least 2 volumes and at
+    least half of them: on validation, a site's map only failed so when the site mixed
+    scanners (a scan of another site among its volumes, docs/methods.md)."""
+    hints = {}
+    for site in {_site_of(r) for r in reports}:
+        members = [r for r in reports if _site_of(r) == site]
+        count = sum(bool((r.get("calibration") or {}).get("flag")) for r in members)
+        if count >= 2 and 2 * count >= len(members):
+            hints[site] = (f"{count} of the {len(members)} volumes of its site are flagged: "
+                           "are they all from one scanner and protocol? (--sites)")
+    return hints
 
 
 def _png(figure) -> str:

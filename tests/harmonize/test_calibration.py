@@ -280,8 +280,9 @@ def test_field_size_is_the_log_field_std_over_the_brain(volumes):
 
 
 def test_safety_net_falls_back_to_nyul_where_the_prior_prefers_it(flow, volumes):
-    """A flattened site curve explains a volume worse than Nyul's map: the volume gets
-    Nyul's map and the notes say why; its own fitted curve is kept, with both scores."""
+    """A flattened site curve explains a volume worse than Nyul's map, by more than the
+    margin: the volume gets Nyul's map and the notes say why; its own fitted curve is
+    kept, with both scores."""
     config = CalibrationConfig(steps=2, pool=8, field_penalty=None, fallback=True)
     harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(calibration=config),
                             batch_size=8, devices=jax.devices()[:1])
@@ -293,7 +294,15 @@ def test_safety_net_falls_back_to_nyul_where_the_prior_prefers_it(flow, volumes)
     kept, notes = safety_net(harmonizer.calibrator, volume, volume.slices, flat_transform,
                              flow.reference, {}, fallback=False)
     assert kept is flat_transform and "fallback" not in notes
-    assert notes["flag"].startswith("the prior scores Nyul's map higher")
+    assert notes["flag"].startswith("the prior scores Nyul's map ")
+    # Flagged exactly where Nyul's map scores more than the margin above it.
+    bits = notes["bits_per_dim"]
+    gap = bits["transform"] - bits["nyul"]
+    assert gap > 0
+    for margin, flagged in ((0.99 * gap, True), (1.01 * gap, False)):
+        _, notes = safety_net(harmonizer.calibrator, volume, volume.slices, flat_transform,
+                              flow.reference, {}, fallback=False, margin=margin)
+        assert ("flag" in notes) == flagged and notes["bits_per_dim"] == bits
     fell = harmonize_volumes(harmonizer, [volume], flow.reference, site=site)[0]
     assert fell.transform.kind == "nyul" and fell.notes["fallback"].startswith("nyul: ")
     scores = fell.notes["bits_per_dim"]
@@ -303,7 +312,8 @@ def test_safety_net_falls_back_to_nyul_where_the_prior_prefers_it(flow, volumes)
     # The volume's own fit: kept exactly when the prior scores it at least as high.
     own = harmonize_volumes(harmonizer, [volume], flow.reference)[0]
     scores = own.notes["bits_per_dim"]
-    assert ("fallback" in own.notes) == (scores["nyul"] < scores["transform"])
+    assert ("fallback" in own.notes) == (scores["nyul"] < scores["transform"]
+                                         - config.safety_margin)
     assert own.transform.kind == ("nyul" if "fallback" in own.notes else "curve")
     assert harmonizer.calibrator.compilations == 1  # scoring compiles no fit
 

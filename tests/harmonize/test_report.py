@@ -30,6 +30,24 @@ def test_a_broken_volume_stands_out_and_the_others_do_not():
     assert attention([hm]) == {}  # a classical method's report: these are null
 
 
+def test_a_mostly_flagged_site_gets_a_hint_about_its_grouping():
+    """The safety net flagging at least 2 and at least half of a site's volumes points
+    at the site's grouping; 1 of 5 flagged, or another site's flags, does not."""
+    flag = {"flag": "the prior scores Nyul's map 0.2 bits/dim higher"}
+    site = [_report(f"s{i}", [4.0, 4.1], calibration=flag if i < 3 else {}) for i in range(5)]
+    flagged = attention(site)
+    assert set(flagged) == {f"s{i}_harmonized.nii.gz" for i in range(3)}
+    for reasons in flagged.values():
+        assert reasons[0] == flag["flag"]
+        assert reasons[1].startswith("3 of the 5 volumes of its site are flagged")
+    one = [_report(f"s{i}", [4.0, 4.1], calibration=flag if i == 0 else {}) for i in range(5)]
+    other = [dict(_report(f"o{i}", [4.0, 4.1], calibration=flag), input=f"/in/siteB/o{i}.nii.gz")
+             for i in range(2)]
+    flagged = attention(one + other)
+    assert flagged["s0_harmonized.nii.gz"] == [flag["flag"]]
+    assert all(len(flagged[f"o{i}_harmonized.nii.gz"]) == 2 for i in range(2))
+
+
 def test_planes_keep_the_voxel_aspect_whatever_the_voxel_order(tmp_path):
     """1x1x3 mm voxels in axial and in coronal order: the same (canonical) aspects."""
     import nibabel as nib
