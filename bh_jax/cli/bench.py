@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the CycleGAN, U-net and typical-contrast rows (quicker)")
     qu.add_argument("--split", default="test", choices=["test", "val"],
                     help="the subjects scored (choose settings on val, report test)")
+    qu.add_argument("--phantom-seed", type=int,
+                    help="draw the built-in data set's subjects with this seed instead of "
+                         "the prior's (a fresh sample; give it its own --data-dir)")
     sw = sub.choices["sweep"]
     sw.add_argument("--b2", type=non_negative_float, nargs="+", default=[0.0, 0.01, 0.1],
                     help="edge weights to try")
@@ -186,7 +189,7 @@ def _run(args) -> int:
                          baseline_steps=args.baseline_steps, solver=args.solver,
                          init=args.init, sites=args.sites, each_volume=args.each_volume,
                          heldout_maps=args.heldout_maps, split=args.split,
-                         learned=not args.no_learned)
+                         learned=not args.no_learned, phantom_seed=args.phantom_seed)
         print(f"{args.split} subjects, checkpoint {result['checkpoint']['workdir']} step "
               f"{result['checkpoint']['step']}, {result['machine']}, "
               f"{result['seconds']:.0f} s:\n")

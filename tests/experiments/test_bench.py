@@ -107,3 +107,21 @@ def test_bench_study_runs_harmonize_end_to_end_and_splits_its_time(trained, tiny
     assert all(p >= 0 for p in parts) and row["harmonize_s"] > 0
     assert row["volumes_per_min"] == pytest.approx(180 / row["seconds"])
     assert "| hm | 3 | 0 |" in capsys.readouterr().out
+
+
+def test_a_fresh_sample_is_drawn_with_its_own_seed(trained, tiny_phantom, tmp_path):
+    """`phantom_seed` (bh-bench quality --phantom-seed): the same preset with other
+    subjects; the prior's own data set refuses to stand in for it."""
+    from bh_jax.experiments.bench import _evaluation
+
+    workdir, config, _ = trained
+    folder, manifest = tiny_phantom
+    _, fresh = _evaluation(str(workdir), str(tmp_path / "fresh"), phantom_seed=5)
+    assert fresh["config"]["seed"] == 5 != manifest["config"]["seed"]
+    entry = next(e for e in fresh["images"] if e["split"] == "test")
+    same = next(e for e in manifest["images"]
+                if (e["subject"], e["site"]) == (entry["subject"], entry["site"]))
+    ours, theirs = (prepare_entry(e, config.data).slices for e in (entry, same))
+    assert ours.shape != theirs.shape or not np.allclose(ours, theirs)  # other anatomy
+    with pytest.raises(ValueError, match="other settings"):
+        _evaluation(str(workdir), str(folder), phantom_seed=5)
