@@ -355,11 +355,11 @@ def safety_net(calibrator: Calibrator, prepared: PreparedVolume, slices: np.ndar
 
     Both are scored by the same change-of-variables likelihood of the volume's (fit)
     `slices`, in bits/dim, recorded in `notes`; a flag goes to notes["flag"], a
-    replacement to notes["fallback"]. The margin and replacing being off by default
-    have one reason: a volume's own map (Nyul's) normalises the subject onto the
-    population, which the prior scores a little higher even where the site's map is
-    far closer to the truth (docs/methods.md). Without a Nyul scale (an older prior),
-    only the transform's score is noted."""
+    replacement to notes["fallback"]. The margin (`CalibrationConfig.safety_margin`)
+    and replacing being off by default have one reason: a volume's own map (Nyul's)
+    normalises the subject onto the population, which the prior scores a little
+    higher even where the site's map is far closer to the truth (docs/methods.md).
+    Without a Nyul scale (an older prior), only the transform's score is noted."""
     masks = prepared.slice_masks
     log_fields = log_field_of(prepared, transform.field)
     ours = calibrator.likelihood(curve_parameters(transform.values), slices, masks,
