@@ -223,3 +223,32 @@ def test_safety_net_margins_count_the_gaps_above_each_margin(monkeypatch, tmp_pa
     table = tool.margin_table([run], [0.0, 0.05, 0.1, 0.5]).splitlines()
     assert len(table) == 3
     assert table[2] == ("| run | log (intruder's gap +0.300) | 3 | 2 | +0.300 | 3 | 2 | 1 | 0 |")
+
+
+def test_population_check_pools_a_sites_landmarks_by_mean_and_median(monkeypatch, trained,
+                                                                      tiny_phantom, tmp_path):
+    tool = _tool(monkeypatch, "population_check")
+    folder, _ = tiny_phantom
+    results = {}
+    for split in ("val", "test"):  # the tiny set's 1 and 2 subjects
+        out = tmp_path / split
+        monkeypatch.setattr("sys.argv", ["population_check", "--checkpoint", str(trained[0]),
+                                         "--data-dir", str(folder), "--out", str(out),
+                                         "--split", split, "--site", "exp"])
+        tool.main()
+        results[split] = json.loads((out / "population_check.json").read_text())
+    # One scan: the site's map is its own, whichever the pooling.
+    (only,) = results["val"]["subjects"]
+    assert only["psnr"]["site map (mean)"] == pytest.approx(only["psnr"]["Nyul"], abs=1e-4)
+    assert only["psnr"]["site map (median)"] == pytest.approx(only["psnr"]["Nyul"], abs=1e-4)
+    # Two scans: the median is the mean, and neither is either scan's own map.
+    test = results["test"]["subjects"]
+    assert len(test) == 2
+    for subject in test:
+        psnr = subject["psnr"]
+        assert psnr["site map (median)"] == pytest.approx(psnr["site map (mean)"], abs=1e-4)
+    assert any(abs(s["psnr"]["site map (mean)"] - s["psnr"]["Nyul"]) > 0.01 for s in test)
+    np.testing.assert_allclose(results["test"]["truth_landmarks_mean"],
+                               np.mean([s["truth_landmarks"] for s in test], axis=0), atol=1e-9)
+    table = tool.report(results["test"])
+    assert "| truth mean |" in table and table.count("| sub-") == 4  # landmarks and PSNR rows
