@@ -43,12 +43,16 @@ from bh_jax.training.checkpoint import load_flow
 SCANNERS = ["siteA", "siteB", "siteC", "siteD"]
 
 
+def mean_scores(output, truth) -> dict[str, float]:
+    """A volume's mean in-mask PSNR / SSIM over its slices."""
+    per_slice = slice_scores(output, truth.slices, truth.slice_masks)
+    return {"psnr": float(np.mean(per_slice["psnr"])), "ssim": float(np.mean(per_slice["ssim"]))}
+
+
 def scores(output, truth, labels, segmenter) -> dict[str, float]:
     """A volume's mean in-mask PSNR / SSIM over its slices and its WM Dice."""
-    per_slice = slice_scores(output, truth.slices, truth.slice_masks)
     wm = segmenter.apply(output, truth.slice_masks)
-    return {"psnr": float(np.mean(per_slice["psnr"])), "ssim": float(np.mean(per_slice["ssim"])),
-            "dice": float(metrics.dice(wm, labels))}
+    return {**mean_scores(output, truth), "dice": float(metrics.dice(wm, labels))}
 
 
 PROFILE_BINS = np.linspace(0.0, 1.0, 11)

@@ -19,14 +19,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from noise_check import check_parser, open_check, site_volumes
+from noise_check import check_parser, mean_scores, open_check, site_volumes
 
-from bh_jax.baselines.nyul import landmarks
-from bh_jax.experiments.evaluate import slice_scores
-
-
-def mean_psnr(output, truth) -> float:
-    return float(np.mean(slice_scores(output, truth.slices, truth.slice_masks)["psnr"]))
+from bh_jax.baselines.nyul import landmarks, site_landmarks
 
 
 def main() -> None:
@@ -38,15 +33,17 @@ def main() -> None:
     entries, sources, truths, _ = site_volumes(manifest, args.split, args.site, flow.config.data)
     if not entries:
         parser.error(f"no {args.split} volumes of site {args.site!r} in {args.data_dir}")
-    marks = np.stack([landmarks(p.slices[p.slice_masks], scale.percentiles) for p in sources])
-    pooled = {"mean": marks.mean(axis=0), "median": np.median(marks, axis=0)}
+    brains = [p.slices[p.slice_masks] for p in sources]
+    marks = [landmarks(brain, scale.percentiles) for brain in brains]
+    # The mean is the site map the default uses; the median, an alternative.
+    pooled = {"mean": site_landmarks(brains, scale.percentiles),
+              "median": np.median(marks, axis=0)}
     rows = []
-    for entry, source, truth in zip(entries, sources, truths, strict=True):
+    for entry, source, own, truth in zip(entries, sources, marks, truths, strict=True):
         truth_marks = landmarks(truth.slices[truth.slice_masks], scale.percentiles)
-        psnr = {"Nyul": mean_psnr(scale(source.slices, source.slice_masks), truth)}
-        for name, site_marks in pooled.items():
-            psnr[f"site map ({name})"] = mean_psnr(
-                scale(source.slices, source.slice_masks, site_marks), truth)
+        maps = {"Nyul": own, **{f"site map ({name})": m for name, m in pooled.items()}}
+        psnr = {name: mean_scores(scale(source.slices, source.slice_masks, m), truth)["psnr"]
+                for name, m in maps.items()}
         rows.append({"subject": entry["subject"], "truth_landmarks": truth_marks.tolist(),
                      "psnr": psnr})
     truth_mean = np.mean([r["truth_landmarks"] for r in rows], axis=0)

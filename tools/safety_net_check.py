@@ -20,17 +20,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-from noise_check import check_parser, open_check, site_volumes
+from noise_check import check_parser, mean_scores, open_check, site_volumes
 
-from bh_jax.experiments.evaluate import classical_methods, slice_scores
+from bh_jax.experiments.evaluate import classical_methods
 from bh_jax.harmonize.methods import flow_method
 from bh_jax.harmonize.settings import default_settings
-
-
-def mean_scores(output, truth) -> dict[str, float]:
-    per_slice = slice_scores(output, truth.slices, truth.slice_masks)
-    return {"psnr": float(np.mean(per_slice["psnr"])), "ssim": float(np.mean(per_slice["ssim"]))}
 
 
 def main() -> None:
