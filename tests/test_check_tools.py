@@ -13,8 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bh_jax.baselines.nyul import NyulScale, landmarks
-from bh_jax.data.manifest import load_manifest
+from bh_jax.baselines.nyul import PERCENTILES, NyulScale, landmarks
+from bh_jax.data.manifest import load_manifest, prepare_entry, select
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
@@ -161,7 +161,7 @@ def test_per_scan_weights_are_counted_against_every_bar(monkeypatch):
     assert tool.combinations_meeting(score, "img", ["a", "b"], [0.0, 1.0], bars) == (0, 0)
 
 
-def _check_run(folder, subjects, psnr, dice, seeds=(), site="log"):
+def _check_run(folder, subjects, psnr, dice, seeds=(), site="log", phantom_seed=None):
     """A settings_check.json of `subjects` at `site`: the default at `psnr` and
     `dice` per subject, Nyul at 30 dB and Dice 0.97 (and the truths' own rows)."""
     import json
@@ -175,7 +175,8 @@ def _check_run(folder, subjects, psnr, dice, seeds=(), site="log"):
                      "psnr": 99.0, "ssim": 1.0, "dice": 0.972})
     folder.mkdir()
     (folder / "settings_check.json").write_text(json.dumps(
-        {"rows": rows, "split": "val", "segmenter_seeds": list(seeds)}))
+        {"rows": rows, "split": "val", "segmenter_seeds": list(seeds),
+         "phantom_seed": phantom_seed}))
 
 
 def test_merged_checks_average_over_every_groups_subjects(monkeypatch, tmp_path):
@@ -190,6 +191,17 @@ def test_merged_checks_average_over_every_groups_subjects(monkeypatch, tmp_path)
         tool.margins(rows))
     assert "| default | 33.00 / 0.9900 / 0.9693 | 40.00 / 0.9900 / 0.9750 |" in (
         tool.summary(rows))
+
+
+def test_merged_checks_pool_fresh_samples_as_other_subjects(monkeypatch, tmp_path):
+    tool = _tool(monkeypatch, "merge_checks")
+    _check_run(tmp_path / "s0", ["sub-1"], [31.0], [0.971], phantom_seed=0)
+    _check_run(tmp_path / "s3", ["sub-1"], [27.0], [0.969], phantom_seed=3)
+    rows = tool.merged_rows([tmp_path / "s0", tmp_path / "s3"])
+    assert sorted({r["subject"] for r in rows}) == ["0:sub-1", "3:sub-1"]
+    assert len(rows) == 6  # two subjects' default, Nyul and truth rows
+    # PSNR margins +1 and -3 -> -1.00; Dice margins +0.001 and -0.001.
+    assert "| default | -1.00 / +0.00000 (1 below) |" in tool.margins(rows)
 
 
 def test_merged_checks_refuse_a_subject_twice_or_another_layout(monkeypatch, tmp_path):
@@ -232,9 +244,10 @@ def test_population_check_pools_a_sites_landmarks_by_mean_and_median(monkeypatch
     results = {}
     for split in ("val", "test"):  # the tiny set's 1 and 2 subjects
         out = tmp_path / split
+        population = ["--population", "3"] if split == "test" else []
         monkeypatch.setattr("sys.argv", ["population_check", "--checkpoint", str(trained[0]),
                                          "--data-dir", str(folder), "--out", str(out),
-                                         "--split", split, "--site", "exp"])
+                                         "--split", split, "--site", "exp", *population])
         tool.main()
         results[split] = json.loads((out / "population_check.json").read_text())
     # One scan: the site's map is its own, whichever the pooling.
@@ -252,3 +265,24 @@ def test_population_check_pools_a_sites_landmarks_by_mean_and_median(monkeypatch
                                np.mean([s["truth_landmarks"] for s in test], axis=0), atol=1e-9)
     table = tool.report(results["test"])
     assert "| truth mean |" in table and table.count("| sub-") == 4  # landmarks and PSNR rows
+    # The population: 3 more subjects, their mean and spread, the sample's distance in SE.
+    population = results["test"]["population"]
+    assert population["subjects"] == 3 and "population" not in results["val"]
+    assert np.all(np.diff(population["mean"]) > 0) and max(population["sd"]) > 0
+    assert "| population mean (3 subjects) |" in table and "in sd / sqrt(2) |" in table
+
+
+def test_the_population_is_rendered_as_the_data_sets_scans_are(monkeypatch, tiny_phantom,
+                                                                tiny_config):
+    """Subjects rendered in memory have the landmarks of the same subjects read back from
+    the data set on disk (written as NIfTI, loaded and prepared by the pipeline)."""
+    tool = _tool(monkeypatch, "population_check")
+    _, manifest = tiny_phantom
+    marks = tool.population_landmarks(tiny_config.phantom, tiny_config.data, PERCENTILES,
+                                      count=2, start=0)
+    for index, entry in enumerate(e for e in select(manifest, site="target")
+                                  if e["subject"] in ("sub-000", "sub-001")):
+        saved = prepare_entry(entry, tiny_config.data)
+        np.testing.assert_allclose(
+            marks[index], landmarks(saved.slices[saved.slice_masks], PERCENTILES), atol=1e-6)
+    assert not np.allclose(marks[0], marks[1])  # two subjects, not one twice

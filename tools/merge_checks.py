@@ -9,7 +9,11 @@ its subjects, with each method's margin over Nyul:
 Every run must score the same methods with the same segmenter seeds on the same split;
 runs of other sites add their sites (e.g. the shifts `log gamma0.7` in one run and
 `exp gamma1.5` in another), and a volume scored in two runs is refused (it would count
-twice).
+twice). Runs of fresh samples (`--phantom-seed N`) pool their subjects with the others'
+as `N:sub-XXX` (another seed's sub-019 is another subject), e.g. the test splits of six
+samples as one set of 30 subjects:
+
+    python tools/merge_checks.py runs/pooled/s0 runs/pooled/s2 runs/pooled/s3
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from noise_check import summary
 
 def merged_rows(folders: list[Path]) -> list[dict]:
     """The rows of each folder's settings_check.json (a truth scored again by a run of
-    other sites is kept once); refuses runs of other methods, split or segmenter seeds,
-    or a source volume scored twice."""
+    other sites is kept once; a fresh sample's subjects named `SEED:subject`); refuses
+    runs of other methods, split or segmenter seeds, or a source volume scored twice."""
     rows, seen, layout = [], set(), None
     for folder in folders:
         path = folder / "settings_check.json"
@@ -38,7 +42,10 @@ def merged_rows(folders: list[Path]) -> list[dict]:
             raise SystemExit(f"{path}: other methods, split or segmenter seeds than "
                              f"{folders[0]}")
         layout = this
+        seed = run.get("phantom_seed")
         for row in run["rows"]:
+            if seed is not None:
+                row = {**row, "subject": f"{seed}:{row['subject']}"}
             key = (row["site"], row["method"], row["subject"])
             if key in seen:
                 if row["site"] != "target":
