@@ -44,7 +44,7 @@ def population_landmarks(phantom, data, percentiles, count: int,
     """float64 [count, L]: the target-site landmarks of subjects start, start + 1, ...
     of the phantom `phantom` (a PhantomConfig), rendered in memory and prepared with
     `data` (a DataConfig) as the data set's saved scans are (`typical`: with the
-    population's mean tissue constants, `phantom.make_anatomy`)."""
+    population's mean tissue constants, `bh_jax.data.phantom.make_anatomy`)."""
     _, affine = grid(phantom.voxel_mm)
     marks = []
     for index in tqdm(range(start, start + count), desc="population", leave=False):
@@ -69,6 +69,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.population < 0:
         parser.error("--population: a number of subjects, 0 or more")
+    if args.typical and not args.population:
+        parser.error("--typical renders the --population subjects: give --population N")
     flow, manifest, out = open_check(args)
     scale = flow.reference.nyul_scale()
     entries, sources, truths, _ = site_volumes(manifest, args.split, args.site, flow.config.data)
@@ -92,7 +94,8 @@ def main() -> None:
               "standard_scale": scale.intensities.tolist(),
               "truth_landmarks_mean": truth_mean.tolist(), "subjects": rows}
     if args.population:
-        marks = population_landmarks(PhantomConfig(**manifest["config"]), flow.config.data, scale.percentiles,
+        phantom = PhantomConfig(**manifest["config"])  # the sample's seed and voxel size
+        marks = population_landmarks(phantom, flow.config.data, scale.percentiles,
                                      args.population, typical=args.typical)
         result["population"] = {"subjects": args.population, "start": POPULATION_START,
                                 "typical": args.typical,
