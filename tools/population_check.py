@@ -95,13 +95,13 @@ def main() -> None:
               "truth_landmarks_mean": truth_mean.tolist(), "subjects": rows}
     if args.population:
         phantom = PhantomConfig(**manifest["config"])  # the sample's seed and voxel size
-        marks = population_landmarks(phantom, flow.config.data, scale.percentiles,
-                                     args.population, typical=args.typical)
+        population = population_landmarks(phantom, flow.config.data, scale.percentiles,
+                                          args.population, typical=args.typical)
         result["population"] = {"subjects": args.population, "start": POPULATION_START,
                                 "typical": args.typical,
-                                "mean": marks.mean(axis=0).tolist(),
-                                "sd": marks.std(axis=0, ddof=1).tolist()
-                                if args.population > 1 else [0.0] * marks.shape[1]}
+                                "mean": population.mean(axis=0).tolist(),
+                                "sd": population.std(axis=0, ddof=1).tolist()
+                                if args.population > 1 else [0.0] * population.shape[1]}
     (out / "population_check.json").write_text(json.dumps(result, indent=1))
     print(report(result))
 
