@@ -217,6 +217,21 @@ def test_merged_checks_refuse_a_subject_twice_or_another_layout(monkeypatch, tmp
         tool.merged_rows([tmp_path / "g1", tmp_path / "nowhere"])
 
 
+def test_merged_checks_refuse_a_run_without_its_seed_beside_one_with(monkeypatch, tmp_path):
+    """A run that records no seed may be of the same sample as one recording seed 0:
+    its sub-1 might be that run's, so merging them is refused, in either order."""
+    tool = _tool(monkeypatch, "merge_checks")
+    _check_run(tmp_path / "old", ["sub-1"], [31.0], [0.97])
+    _check_run(tmp_path / "s0", ["sub-1"], [31.0], [0.97], phantom_seed=0)
+    for folders in (["old", "s0"], ["s0", "old"]):
+        with pytest.raises(SystemExit, match=r"old/settings_check.json: records no data-set "
+                                             r"seed, so its subjects cannot be told from "
+                                             r"those of .*s0/settings_check.json"):
+            tool.merged_rows([tmp_path / f for f in folders])
+    again = tool.merged_rows([tmp_path / "s0"])  # one run: named by its seed
+    assert {r["subject"] for r in again} == {"0:sub-1"}
+
+
 def test_safety_net_margins_count_the_gaps_above_each_margin(monkeypatch, tmp_path):
     """Gaps (output's bits/dim minus Nyul's) 0.02, 0.08 and an intruder's 0.3: flagged
     3 / 2 / 1 / 0 at margins 0, 0.05, 0.1, 0.5; 2 below Nyul's PSNR; the intruder's gap

@@ -9,11 +9,16 @@ its subjects, with each method's margin over Nyul:
 Every run must score the same methods with the same segmenter seeds on the same split;
 runs of other sites add their sites (e.g. the shifts `log gamma0.7` in one run and
 `exp gamma1.5` in another), and a volume scored in two runs is refused (it would count
-twice). Runs of fresh samples (`--phantom-seed N`) pool their subjects with the others'
-as `N:sub-XXX` (another seed's sub-019 is another subject), e.g. the test splits of six
+twice). Each run records the seed its data set was drawn with, and subjects are named
+`SEED:sub-XXX` (another seed's sub-019 is another subject), so runs of fresh samples
+(`--phantom-seed N`) pool their subjects with the others', e.g. the test splits of six
 samples as one set of 30 subjects:
 
     python tools/merge_checks.py runs/pooled/s0 runs/pooled/s2 runs/pooled/s3
+
+Runs made before settings_check recorded the seed (or before it recorded it without
+`--phantom-seed`) merge only with each other: beside a run that records one, whether
+their sub-019 is the same subject cannot be told, and the merge is refused.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from noise_check import summary
 
 def merged_rows(folders: list[Path]) -> list[dict]:
     """The rows of each folder's settings_check.json (a truth scored again by a run of
-    other sites is kept once; a fresh sample's subjects named `SEED:subject`); refuses
-    runs of other methods, split or segmenter seeds, or a source volume scored twice."""
-    rows, seen, layout = [], set(), None
+    other sites is kept once; subjects named `SEED:subject` where the run records its
+    data set's seed); refuses runs of other methods, split or segmenter seeds, a run that
+    records no seed beside one that does, or a source volume scored twice."""
+    rows, seen, layout, seeds = [], set(), None, []
     for folder in folders:
         path = folder / "settings_check.json"
         if not path.is_file():
@@ -43,6 +49,12 @@ def merged_rows(folders: list[Path]) -> list[dict]:
                              f"{folders[0]}")
         layout = this
         seed = run.get("phantom_seed")
+        if seeds and (seed is None) != (seeds[0][1] is None):
+            unknown, known = ((path, seeds[0][0]) if seed is None else (seeds[0][0], path))
+            raise SystemExit(f"{unknown}: records no data-set seed, so its subjects cannot be "
+                             f"told from those of {known}; merge runs that record none only "
+                             f"with each other, or run it again")
+        seeds.append((path, seed))
         for row in run["rows"]:
             if seed is not None:
                 row = {**row, "subject": f"{seed}:{row['subject']}"}

@@ -135,7 +135,7 @@ def main() -> None:
     (out / "settings_check.json").write_text(json.dumps(
         {"rows": rows, "split": args.split, "variants": dict(args.variant),
          "applied": dict(args.applied), "segmenter_seeds": args.segmenter_seeds,
-         "checkpoint": args.checkpoint, "phantom_seed": args.phantom_seed}, indent=1))
+         "checkpoint": args.checkpoint, "phantom_seed": manifest["config"]["seed"]}, indent=1))
     print(summary(rows))
     print("\nMean output - truth by the truth's intensity (tenths of [0, 1]):")
     print(profile_summary(rows))
