@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", help="where outputs are written (--demo: out/demo)")
     parser.add_argument("--demo", action="store_true",
                         help="harmonize held-out subjects of the built-in data set and print "
-                             "Source / HM / SSIMH / BlindHarmony PSNR and SSIM (with the "
-                             "typical-contrast reference)")
+                             "Source / HM / Nyul / Nyul per site / SSIMH / BlindHarmony PSNR "
+                             "and SSIM (with the typical-contrast reference)")
     parser.add_argument("--demo-subjects", type=positive_int,
                         help="--demo: held-out subjects per source site (default: all; "
                              "the built-in data set has 5)")
@@ -166,8 +166,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.inputs:
             parser.error("--demo takes no INPUT files")
         if args.method != "blindharmony":
-            parser.error("--demo compares Source / HM / SSIMH / BlindHarmony; it takes no "
-                         "--method (the learned baselines: bh-bench quality)")
+            parser.error("--demo compares BlindHarmony with the classical methods; it takes "
+                         "no --method (the learned baselines: bh-bench quality)")
         args.output_dir = args.output_dir or "out/demo"
     elif args.demo_subjects is not None:
         parser.error("--demo-subjects is a --demo option")

@@ -2,8 +2,9 @@
 
 Builds the built-in data set, harmonizes held-out source subjects with the
 shipped `demo` checkpoint, writes their NIfTI outputs (+ JSON reports) and a
-figure, and returns a PSNR/SSIM table of Source / HM / SSIMH / BlindHarmony
-(and the typical-contrast reference, `evaluate.typical_contrast_method`)
+figure, and returns a PSNR/SSIM table of Source / HM / Nyul / Nyul per site /
+SSIMH / BlindHarmony (and the typical-contrast reference,
+`evaluate.typical_contrast_method`)
 against the same subjects' target-site images.
 """
 

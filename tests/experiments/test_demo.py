@@ -46,6 +46,11 @@ def test_demo_refuses_input_files(harmonize_cli):
     assert run.returncode == 2 and "--demo takes no INPUT files" in run.stderr
 
 
+def test_demo_refuses_another_method(harmonize_cli):
+    run = harmonize_cli("--demo", "--method", "nyul")
+    assert run.returncode == 2 and "it takes no --method" in run.stderr
+
+
 def test_without_demo_inputs_and_checkpoint_are_required(harmonize_cli):
     run = harmonize_cli("a.nii.gz")
     assert run.returncode == 2 and "--checkpoint and --output-dir are required" in run.stderr
