@@ -16,9 +16,9 @@ samples as one set of 30 subjects:
 
     python tools/merge_checks.py runs/pooled/s0 runs/pooled/s2 runs/pooled/s3
 
-Runs made before settings_check recorded the seed (or before it recorded it without
-`--phantom-seed`) merge only with each other: beside a run that records one, whether
-their sub-019 is the same subject cannot be told, and the merge is refused.
+Runs that record no seed (made before settings_check recorded it on every run) merge
+only with each other: beside a run that records one, whether their sub-019 is the same
+subject cannot be told, and the merge is refused.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def merged_rows(folders: list[Path]) -> list[dict]:
     other sites is kept once; subjects named `SEED:subject` where the run records its
     data set's seed); refuses runs of other methods, split or segmenter seeds, a run that
     records no seed beside one that does, or a source volume scored twice."""
-    rows, seen, layout, seeds = [], set(), None, []
+    rows, seen, layout, first = [], set(), None, None  # first: (path, seed) of the first run
     for folder in folders:
         path = folder / "settings_check.json"
         if not path.is_file():
@@ -49,12 +49,12 @@ def merged_rows(folders: list[Path]) -> list[dict]:
                              f"{folders[0]}")
         layout = this
         seed = run.get("phantom_seed")
-        if seeds and (seed is None) != (seeds[0][1] is None):
-            unknown, known = ((path, seeds[0][0]) if seed is None else (seeds[0][0], path))
+        first = first or (path, seed)
+        if (seed is None) != (first[1] is None):
+            unknown, known = (path, first[0]) if seed is None else (first[0], path)
             raise SystemExit(f"{unknown}: records no data-set seed, so its subjects cannot be "
                              f"told from those of {known}; merge runs that record none only "
                              f"with each other, or run it again")
-        seeds.append((path, seed))
         for row in run["rows"]:
             if seed is not None:
                 row = {**row, "subject": f"{seed}:{row['subject']}"}
