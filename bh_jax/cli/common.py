@@ -98,14 +98,61 @@ def out_of_memory_message(err: BaseException, batch_size: int | None) -> str | N
             f"lower --batch-size (XLA: {text.strip().splitlines()[0]})")
 
 
-def run(body: Callable[[], int], batch_size: int | None = None) -> int:
-    """Runs a command's body; turns the errors a user can act on into one line
-    and exit code 2: bad inputs, settings or checkpoints (ValueError and its
-    kinds), diverged training, file-system errors and running out of memory.
-    Anything else is a bug and keeps its traceback. Ctrl-C (or a job limit's
-    SIGINT) is one line and exit code 130."""
+COMPILATION_CACHE_BYTES = 2**30
+
+
+def use_compilation_cache() -> str | None:
+    """Keeps XLA's compiled programs on disk between runs (JAX's persistent
+    compilation cache), so that a command run again skips most of its compiling
+    (docs/performance.md); a cached program gives the same outputs, bit for bit.
+
+    The folder is JAX_COMPILATION_CACHE_DIR where set, else
+    $XDG_CACHE_HOME/bh_jax/xla (~/.cache/bh_jax/xla), there at most
+    `COMPILATION_CACHE_BYTES` (the least recently used programs go first); where
+    that folder cannot be written, one warning and no cache.
+    JAX_ENABLE_COMPILATION_CACHE=false turns it off. Call before the first
+    compile. Returns the folder, or None when off.
+    """
     import jax
 
+    if not jax.config.jax_enable_compilation_cache:
+        return None
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir  # the user's, with their settings
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    try:
+        folder = str(writable_folder(os.path.join(base, "bh_jax", "xla"),
+                                     "the compilation cache"))
+    except ValueError as err:
+        print(f"warning: {err}; compiling anew every run", file=sys.stderr)
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
+    return folder
+
+
+def without_compilation_cache() -> None:
+    """Compiles for real in this process (and in the commands it runs in it), unless
+    JAX_COMPILATION_CACHE_DIR asks for a cache: for benchmarks, which time compiles.
+    Call before the first compile."""
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_enable_compilation_cache", False)
+
+
+def run(body: Callable[[], int], batch_size: int | None = None,
+        compilation_cache: bool = True) -> int:
+    """Runs a command's body, with the compilation cache (`use_compilation_cache`;
+    `compilation_cache` False: `without_compilation_cache`); turns the errors a user
+    can act on into one line and exit code 2: bad inputs, settings or checkpoints
+    (ValueError and its kinds), diverged training, file-system errors and running
+    out of memory. Anything else is a bug and keeps its traceback. Ctrl-C (or a job
+    limit's SIGINT) is one line and exit code 130."""
+    import jax
+
+    use_compilation_cache() if compilation_cache else without_compilation_cache()
     try:
         return body()
     except KeyboardInterrupt:

@@ -140,3 +140,56 @@ def test_every_console_script_is_installed_and_answers_help():
         result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(f"usage: {name}")
+
+
+@pytest.fixture
+def cache_config():
+    """The compilation cache's settings, restored after the test (nothing here
+    compiles while they are changed)."""
+    names = ("jax_compilation_cache_dir", "jax_enable_compilation_cache",
+             "jax_compilation_cache_max_size")
+    saved = {name: getattr(jax.config, name) for name in names}
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+
+
+def test_commands_keep_compiled_programs_in_the_users_cache_folder(
+        cache_config, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_compilation_cache_max_size", -1)
+    folder = str(tmp_path / "cache" / "bh_jax" / "xla")
+    assert common.use_compilation_cache() == folder
+    assert jax.config.jax_compilation_cache_dir == folder
+    assert jax.config.jax_compilation_cache_max_size == common.COMPILATION_CACHE_BYTES
+    # A folder the user set (JAX_COMPILATION_CACHE_DIR) is kept, with its own size.
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+    jax.config.update("jax_compilation_cache_max_size", -1)
+    assert common.use_compilation_cache() == str(tmp_path / "mine")
+    assert jax.config.jax_compilation_cache_max_size == -1
+    # A folder that cannot be written: one line, and no cache.
+    jax.config.update("jax_compilation_cache_dir", None)
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a file"))
+    assert common.use_compilation_cache() is None
+    assert not jax.config.jax_enable_compilation_cache
+    assert capsys.readouterr().err.count("\n") == 1
+    jax.config.update("jax_enable_compilation_cache", True)
+    # JAX_ENABLE_COMPILATION_CACHE=false: none.
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_enable_compilation_cache", False)
+    assert common.use_compilation_cache() is None
+    assert jax.config.jax_compilation_cache_dir is None
+
+
+def test_benchmarks_compile_for_real_unless_a_cache_is_asked_for(cache_config, tmp_path):
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_enable_compilation_cache", True)
+    common.without_compilation_cache()
+    assert not jax.config.jax_enable_compilation_cache
+    assert common.use_compilation_cache() is None  # a command run inside it keeps that
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+    jax.config.update("jax_enable_compilation_cache", True)
+    common.without_compilation_cache()
+    assert jax.config.jax_enable_compilation_cache
