@@ -2,6 +2,9 @@
 
 import argparse
 import errno
+import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -193,3 +196,33 @@ def test_benchmarks_compile_for_real_unless_a_cache_is_asked_for(cache_config, t
     jax.config.update("jax_enable_compilation_cache", True)
     common.without_compilation_cache()
     assert jax.config.jax_enable_compilation_cache
+
+
+def test_every_command_runs_with_the_cache_and_benchmarks_without(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(common, "use_compilation_cache", lambda: calls.append("cache"))
+    monkeypatch.setattr(common, "without_compilation_cache", lambda: calls.append("none"))
+    from bh_jax.cli import report
+
+    assert report.main([str(tmp_path)]) == 2  # no outputs there: fails in its body
+    assert harmonize.main([str(tmp_path / "x.nii.gz"), "--checkpoint", str(tmp_path),
+                           "--output-dir", str(tmp_path / "out")]) == 2
+    assert bench.main(["harmonize", "--preset", "no-such-preset"]) == 2  # timed: none
+    assert bench.main(["quality", "--checkpoint", str(tmp_path), "--out",
+                       str(tmp_path / "q")]) == 2
+    assert calls == ["cache", "cache", "none", "cache"]
+
+
+@pytest.mark.slow
+def test_compiled_programs_land_in_the_users_cache_folder(tmp_path):
+    """In a process of its own, as a command line starts: no cache folder set."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    code = ("import jax, jax.numpy as jnp; from bh_jax.cli import common; "
+            "common.use_compilation_cache(); "
+            "jax.jit(lambda x: jnp.sin(x) @ x.T).lower(jnp.ones((8, 8))).compile()")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+    assert run.returncode == 0, run.stderr
+    names = [p.name for p in (tmp_path / "bh_jax" / "xla").iterdir()]
+    assert any(n.startswith("jit__lambda") and n.endswith("-cache") for n in names), names

@@ -2,9 +2,6 @@
 the whole-run progress total."""
 
 import json
-import os
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -126,25 +123,6 @@ def check_report(page: str, inputs, volumes: int) -> None:
     assert checker.external == [] and checker.images >= volumes
     for path in inputs:
         assert str(path) in page, path
-
-
-@pytest.mark.slow
-def test_a_run_leaves_its_compiled_programs_in_the_users_cache(trained, inputs, tmp_path):
-    """A command line in its own process, as a user starts it (no cache folder set):
-    XLA's programs land in the user's cache folder, for the next run to read."""
-    good, _, _ = inputs
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    run = subprocess.run(
-        [sys.executable, "-m", "bh_jax.cli.harmonize", str(good[0]), "--checkpoint",
-         str(trained[0]), "--output-dir", str(tmp_path / "out"), "--mask-dir",
-         str(good[0].parent / "masks"), "--calibration-steps", "2", "--calibration-pool", "8",
-         "--field-steps", "2", "--batch-size", "8", "--no-progress", "--no-report"],
-        capture_output=True, text=True, env=env)
-    assert run.returncode == 0, run.stderr
-    kept = {p.name.split("-")[0] for p in (tmp_path / "cache" / "bh_jax" / "xla").iterdir()}
-    # The site's curve and field fits, and the harmonization's batch program.
-    assert {"jit_fit_curve", "jit_fit_field", "jit_run"} <= kept
 
 
 def test_classical_methods_and_overwrite(trained, inputs, tmp_path, harmonize_cli):
