@@ -152,7 +152,10 @@ def run(body: Callable[[], int], batch_size: int | None = None,
     limit's SIGINT) is one line and exit code 130."""
     import jax
 
-    use_compilation_cache() if compilation_cache else without_compilation_cache()
+    if compilation_cache:
+        use_compilation_cache()
+    else:
+        without_compilation_cache()
     try:
         return body()
     except KeyboardInterrupt:
