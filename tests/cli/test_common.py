@@ -217,12 +217,12 @@ def test_every_command_runs_with_the_cache_and_benchmarks_without(tmp_path, monk
 def test_compiled_programs_land_in_the_users_cache_folder(tmp_path):
     """In a process of its own, as a command line starts: no cache folder set."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env["XDG_CACHE_HOME"] = str(tmp_path)
+    env.update(XDG_CACHE_HOME=str(tmp_path), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     code = ("import jax, jax.numpy as jnp; from bh_jax.cli import common; "
             "common.use_compilation_cache(); "
             "jax.jit(lambda x: jnp.sin(x) @ x.T).lower(jnp.ones((8, 8))).compile()")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**env, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+                         env=env)
     assert run.returncode == 0, run.stderr
     names = [p.name for p in (tmp_path / "bh_jax" / "xla").iterdir()]
     assert any(n.startswith("jit__lambda") and n.endswith("-cache") for n in names), names
