@@ -19,6 +19,7 @@ Make one from a training folder:
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import replace
@@ -28,7 +29,7 @@ import jax
 
 from bh_jax.config import get_preset
 from bh_jax.sharding import data_mesh
-from bh_jax.training.checkpoint import load_flow
+from bh_jax.training.checkpoint import CheckpointError, load_flow
 from bh_jax.training.input_pipeline import phantom_slices
 from bh_jax.training.state import evaluate, make_eval_step
 from bh_jax.version import __version__, code_version
@@ -72,12 +73,37 @@ def validation_bpd(workdir: str | Path, preset: str = "tiny",
 def export(workdir: str | Path, name: str, command: str, training_time: str,
            machine: str) -> Path:
     """Copies the best state of a training folder to `bh_jax/pretrained/<name>`
-    with its provenance."""
+    with its provenance. A checkpoint of that name is replaced only once the copy
+    is complete.
+
+    Raises ValueError for a name that is not a plain folder name, CheckpointError
+    for a folder that cannot be shipped (no checkpoint, no metrics.json); nothing is
+    written then, and a copy that fails half-way is removed.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"{name!r}: a checkpoint's name must be a plain folder name "
+                         "(letters, digits, '_', '.', '-')")
     workdir = Path(workdir)
     flow = load_flow(workdir)  # fails early on an unusable folder
+    metrics_file = workdir / "metrics.json"
+    if not metrics_file.is_file():
+        raise CheckpointError(f"{metrics_file}: not found")
     out = ROOT / name
     tmp = ROOT / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_export(workdir, flow, tmp, name, command, training_time, machine)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _write_export(workdir: Path, flow, tmp: Path, name: str, command: str,
+                  training_time: str, machine: str) -> None:
+    """The shipped folder's files and PROVENANCE.json, in `tmp`."""
     tmp.mkdir()
     for file in _COPIED:
         if (workdir / file).is_file():
@@ -94,6 +120,3 @@ def export(workdir: str | Path, name: str, command: str, training_time: str,
         "size_bytes": sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()),
     }
     (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
