@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
                              "imaged at every site, the other subjects unchanged (a larger "
                              "set to choose settings on; default: the preset's)")
     parser.add_argument("--report", action="store_true",
-                        help="print PSNR/SSIM of every source site (and HM, SSIMH) "
-                             "against its target-site truth, on the test subjects")
+                        help="print PSNR/SSIM of every source site (and of HM, Nyul, Nyul "
+                             "per site and SSIMH) against its target-site truth, on the "
+                             "test subjects")
     args = parser.parse_args(argv)
 
     def body() -> int:

@@ -214,7 +214,8 @@ def save_examples_png(examples: dict[str, dict[str, np.ndarray]], path: str | Pa
 
 
 def site_report(manifest: dict, config: DataConfig) -> str:
-    """Table of Source, HM and SSIMH on every source site's test subjects."""
+    """Table of the classical methods (`classical_methods`) on every source site's
+    test subjects."""
     reference = target_reference(manifest, config)
     results = evaluate_methods(manifest, config, classical_methods(reference))
     return ("In-mask PSNR (dB) / SSIM against the target-site truth, test subjects:\n"

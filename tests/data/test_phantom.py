@@ -1,3 +1,5 @@
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -153,3 +155,26 @@ def test_cli_refuses_fewer_validation_subjects_than_the_preset(tmp_path, run_mai
     assert result.returncode == 2
     assert "--val-subjects must be at least the preset's 3, got 2" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_builds_a_data_set_with_another_seed_and_reports_it(tmp_path, run_main,
+                                                                tiny_phantom):
+    from bh_jax.cli import phantom as phantom_cli
+
+    out = tmp_path / "o"
+    result = run_main(phantom_cli.main, "--out", out, "--preset", "tiny", "--seed", "5",
+                      "--report")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["seed"] == 5 and (out / "sites.png").is_file()
+    counts = [sum(s["split"] == split for s in manifest["subjects"])
+              for split in ("train", "val", "test")]
+    assert (f"{len(manifest['subjects'])} subjects ({counts[0]} train / {counts[1]} val / "
+            f"{counts[2]} test), {len(manifest['sites'])} sites") in result.stdout
+    # Another seed: other subjects than the preset's (seed 0) data set.
+    default_folder, _ = tiny_phantom
+    entry = next(e for e in manifest["images"] if e["site"] == "target")
+    assert not np.array_equal(nib.load(str(out / entry["path"])).get_fdata(),
+                              nib.load(str(default_folder / entry["path"])).get_fdata())
+    rows = [line.split(" | ")[0] for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows == ["| method", "| Source", "| HM", "| Nyul", "| Nyul per site", "| SSIMH"]
