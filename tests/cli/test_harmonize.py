@@ -314,6 +314,25 @@ def test_inputs_with_the_same_name_are_refused_not_overwritten(inputs, trained, 
     assert [j.input for j in jobs] == clash[:1] and skipped == []
 
 
+def test_a_subject_whose_output_cannot_be_written_leaves_nothing_and_stops_no_other(
+        inputs, trained, tmp_path, quick):
+    """Its QC figure, written before the failed report, is removed; the other subject
+    is written; the run says why and exits 1."""
+    good, _, _ = inputs
+    out = tmp_path / "out"
+    blocked = good[0].name.replace(".nii.gz", "_harmonized")
+    (out / f"{blocked}.json").mkdir(parents=True)  # the report cannot replace a folder
+    result = quick(*good, "--checkpoint", trained[0], "--output-dir", out, "--method", "hm",
+                   "--mask-dir", good[0].parent / "masks", "--qc-png")
+    assert result.returncode == 1, result.stderr
+    assert f"{out / blocked}.nii.gz: could not write" in result.stderr
+    assert "harmonized 1, skipped 0, failed 1" in result.stdout
+    assert sorted(p.name for p in out.glob(f"{blocked}*")) == [f"{blocked}.json"]
+    assert (out / f"{blocked}.json").is_dir()  # what was there is left as it was
+    other = good[1].name.replace(".nii.gz", "_harmonized")
+    assert {p.suffix for p in out.glob(f"{other}*")} == {".gz", ".json", ".png"}
+
+
 def test_oblique_scan_of_other_voxel_size_is_written_on_its_own_grid(inputs, trained, tmp_path,
                                                                      quick):
     good, _, masks = inputs
