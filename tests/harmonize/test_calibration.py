@@ -553,6 +553,31 @@ def test_nyul_weight_averages_the_sites_curve_with_its_nyul_map(flow, volumes):
         CalibrationConfig(nyul_weight=1.5)
 
 
+def test_a_prior_without_a_nyul_scale_harmonizes_with_the_curve_alone(flow, volumes):
+    """A prior made before the Nyul scale: the default's Nyul maps drop out (its
+    warning is tested with the command line), the site's curve is refitted after the
+    fields, and the safety net scores the transform only; the outputs are those of
+    the curve alone on the same prior."""
+    old = replace(flow.reference, nyul=np.full_like(flow.reference.nyul, np.nan))
+    quick = {"steps": 2, "pool": 8, "field_steps": 2, "fallback": False}
+    default = CalibrationConfig(**quick)
+    assert default.nyul_weight > 0 and default.scan_nyul_weight > 0
+    curve_alone = CalibrationConfig(**quick, nyul_weight=0.0, scan_nyul_weight=0.0,
+                                    scan_nyul_contrast_gain=0.0)
+    outputs, site = [], None
+    for config in (default, curve_alone):  # the same site fit: only how it is applied differs
+        harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(calibration=config),
+                                batch_size=8, devices=jax.devices()[:1])
+        site = site or shared_curve(harmonizer, volumes[:1], old)
+        outputs.append(harmonize_volumes(harmonizer, volumes[:1], old, site=site))
+    assert site.refitted and site.landmarks is None
+    for with_default, alone in zip(*outputs):
+        np.testing.assert_array_equal(with_default.slices, alone.slices)
+        assert list(with_default.notes["bits_per_dim"]) == ["transform"]
+        assert "nyul_weight" not in with_default.notes
+        assert "scan_nyul_weight" not in with_default.notes
+
+
 def test_scan_nyul_weight_averages_in_the_volumes_own_nyul_map(flow, volumes):
     """`scan_nyul_weight` v: (1 - v) * the site's transform + v * the volume's own Nyul
     map, its landmarks measured on its field-corrected slices: at v = 1 Nyul's
