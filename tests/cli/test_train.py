@@ -21,6 +21,26 @@ def run_train(run_main):
     return lambda *args: run_main(train_cli.main, "--preset", "tiny", "--no-progress", *args)
 
 
+@pytest.mark.parametrize("data, extra, message", [
+    ("phantom", ["--set", "train.nonsense=1"], "nonsense"),
+    ("phantom", ["--voxel-size", "2"], "--voxel-size is for --data FOLDER"),
+    ("folder", ["--voxel-size", "50"], "--voxel-size must be at most"),
+    ("folder", ["--train-subjects", "9"], "--train-subjects is for --data phantom"),
+    ("phantom", ["--train-subjects", "1"],
+     "--train-subjects must be at least the preset's 4, got 1"),
+])
+def test_cli_options_that_do_not_fit_are_one_line_before_any_work(tmp_path, run_train, data,
+                                                                  extra, message):
+    source = tmp_path / "scans"
+    source.mkdir()
+    result = run_train("--data", "phantom" if data == "phantom" else source,
+                       "--workdir", tmp_path / "w", *extra)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert message in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
 def test_cli_empty_folder(tmp_path, run_train):
     (tmp_path / "data").mkdir()
     result = run_train("--data", tmp_path / "data", "--workdir", tmp_path / "w")
