@@ -178,6 +178,8 @@ BAD_INPUTS = {
     "short .nii.gz": (lambda p: _header_claiming((512, 512, 512), p / "short.nii.gz", True),
                       "need 536871264 bytes"),
     "missing": (lambda p: p / "absent.nii.gz", "not found"),
+    "folder": (lambda p: (p / "scans.nii.gz").mkdir() or p / "scans.nii.gz",
+               "is a folder, expected a NIfTI file"),
     "not nifti": (_not_nifti, "not a readable NIfTI"),
     "truncated": (_truncated, "truncated or corrupt"),
     "2d": (lambda p: write(p / "flat.nii.gz", np.ones((8, 8), np.float32), np.eye(4)),
@@ -224,6 +226,27 @@ def test_empty_mask_is_named(tmp_path):
     with pytest.raises(BadInputError, match="mask is empty") as info:
         load_mask(mask, volume)
     assert str(info.value).startswith(str(mask)) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("nan", "mask has NaN or Inf voxels"),
+    ("shifted", "mask affine differs from the image's ("),
+])
+def test_a_mask_with_nan_or_on_another_grid_is_named(tmp_path, problem, message):
+    data = blob_volume()
+    volume = load_volume(write(tmp_path / "img.nii.gz", data, np.eye(4)))
+    values = (data > 100).astype(np.float32)
+    affine = np.eye(4)
+    if problem == "nan":
+        values[0, 0, 0] = np.nan
+    else:
+        affine[:3, 3] = [0.0, 0.0, 2.0]  # two voxels along z: another grid, same shape
+    mask = write(tmp_path / "mask.nii.gz", values, affine)
+    with pytest.raises(BadInputError) as info:
+        load_mask(mask, volume)
+    text = str(info.value)
+    assert text.startswith(str(mask)) and message in text and "\n" not in text
+    assert problem == "nan" or text.endswith(f"({volume.path})")
 
 
 def test_voxel_size_follows_the_canonical_axes(tmp_path):
