@@ -56,6 +56,9 @@ def test_an_output_is_done_only_with_its_report_and_the_same_signature(tmp_path)
     assert output_state(job, SIGNATURE) == "missing"
     _done(out, scan, SIGNATURE)
     assert output_state(job, SIGNATURE) == "done"
+    job.report.write_text('{"signature": ')  # a damaged report (not JSON): made again
+    assert output_state(job, SIGNATURE) == "missing"
+    _done(out, scan, SIGNATURE)
     other = {**SIGNATURE, "method": "hm", "checkpoint_sha256": "def"}
     assert output_state(job, other) == "stale: made with another method and checkpoint_sha256"
     with pytest.raises(ValueError, match="made with another method and checkpoint_sha256 "
