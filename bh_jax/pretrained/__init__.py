@@ -29,7 +29,7 @@ import jax
 
 from bh_jax.config import get_preset
 from bh_jax.sharding import data_mesh
-from bh_jax.training.checkpoint import CheckpointError, load_flow
+from bh_jax.training.checkpoint import CheckpointError, LoadedFlow, load_flow
 from bh_jax.training.input_pipeline import phantom_slices
 from bh_jax.training.state import evaluate, make_eval_step
 from bh_jax.version import __version__, code_version
@@ -101,7 +101,7 @@ def export(workdir: str | Path, name: str, command: str, training_time: str,
     return out
 
 
-def _write_export(workdir: Path, flow, tmp: Path, name: str, command: str,
+def _write_export(workdir: Path, flow: LoadedFlow, tmp: Path, name: str, command: str,
                   training_time: str, machine: str) -> None:
     """The shipped folder's files and PROVENANCE.json, in `tmp`."""
     tmp.mkdir()
