@@ -333,6 +333,42 @@ def test_a_subject_whose_output_cannot_be_written_leaves_nothing_and_stops_no_ot
     assert {p.suffix for p in out.glob(f"{other}*")} == {".gz", ".json", ".png"}
 
 
+def test_flagged_and_fallen_back_scans_are_named_on_stderr_and_in_their_reports(
+        inputs, trained, tmp_path, quick, monkeypatch):
+    """What the safety net decided for a scan (its notes) is one stderr line per scan
+    and stays in the scan's JSON report. The notes are given by a wrapped method:
+    the safety net's own decisions are tested in test_calibration."""
+    from dataclasses import replace
+
+    from bh_jax.harmonize import methods
+
+    decisions = [{"flag": "the prior scores Nyul's map 0.2 bits/dim higher"},
+                 {"fallback": "nyul: the prior scores it 0.3 bits/dim higher"}]
+
+    def with_notes(load_method):
+        def load(*args, **kwargs):
+            method = load_method(*args, **kwargs)
+
+            def harmonize(volumes, bar=None, site=None):
+                results = method.harmonize(volumes, bar, site=site)
+                return [replace(r, notes={**r.notes, **decisions[i % 2]})
+                        for i, r in enumerate(results)]
+            return replace(method, harmonize=harmonize)
+        return load
+
+    monkeypatch.setattr(methods, "load_method", with_notes(methods.load_method))
+    good, _, _ = inputs
+    out = tmp_path / "out"
+    result = quick(*good, "--checkpoint", trained[0], "--output-dir", out, "--method", "hm",
+                   "--mask-dir", good[0].parent / "masks")
+    assert result.returncode == 0, result.stderr
+    assert f"note: {good[0]}: flagged: {decisions[0]['flag']}" in result.stderr
+    assert f"note: {good[1]}: fell back to {decisions[1]['fallback']}" in result.stderr
+    for path, notes in zip(good, decisions):
+        name = path.name.replace(".nii.gz", "_harmonized.json")
+        assert json.loads((out / name).read_text())["calibration"] == notes
+
+
 def test_oblique_scan_of_other_voxel_size_is_written_on_its_own_grid(inputs, trained, tmp_path,
                                                                      quick):
     good, _, masks = inputs
