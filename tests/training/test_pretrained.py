@@ -102,6 +102,6 @@ def test_export_of_an_unusable_folder_is_one_line_and_writes_nothing(
     monkeypatch.setattr(pretrained, "ROOT", shipped)
     result = run_main(pretrained_cli.main, "export", source, "--name", name, "--command", "c",
                       "--training-time", "t", "--machine", "m")
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert list(shipped.iterdir()) == [] and not (tmp_path / "mine").exists()
