@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from bh_jax.baselines.nyul import PERCENTILES, NyulScale
+from bh_jax.baselines.nyul import PERCENTILES, NyulScale, site_landmarks
 from bh_jax.io import atomic_path
 from bh_jax.preprocess import noise_contrast_ratio
 
@@ -41,6 +41,10 @@ class TargetReference:
       nyul: float32 [L], Nyul's standard scale at `baselines.nyul.PERCENTILES`
         (fitted per training volume); NaN where unknown (references saved before
         it existed, or made from slices without their volumes).
+      nyul_mean: float32 [L], the training volumes' mean landmarks at the same
+        percentiles, each volume's as measured, as a site's are averaged
+        (`baselines.nyul.site_landmarks`; Nyul's scale first stretches each volume's
+        landmarks onto common end points); NaN where unknown, as `nyul`.
       noise_ratio: the training volumes' mean noise-to-contrast ratio
         (`preprocess.noise_contrast_ratio`); NaN where unknown, as `nyul`.
     """
@@ -53,6 +57,8 @@ class TargetReference:
     nyul: np.ndarray = field(default_factory=lambda: np.full(len(PERCENTILES), np.nan,
                                                              np.float32))
     noise_ratio: np.ndarray = field(default_factory=lambda: np.float32(np.nan))
+    nyul_mean: np.ndarray = field(default_factory=lambda: np.full(len(PERCENTILES), np.nan,
+                                                                  np.float32))
 
     @classmethod
     def from_slices(cls, slices: np.ndarray, masks: np.ndarray,
@@ -66,6 +72,8 @@ class TargetReference:
         values = slices[masks]
         if values.size == 0:
             raise ValueError("cannot build a target reference: no in-mask voxels")
+        brains = ([] if volumes is None else
+                  [slices[volumes == v][masks[volumes == v]] for v in np.unique(volumes)])
         area = brain_fraction(masks)
         edges = np.quantile(area, np.linspace(0, 1, N_AREA_BINS + 1)[1:-1])
         bins = np.searchsorted(edges, area)
@@ -79,11 +87,12 @@ class TargetReference:
             voxel_mm=np.asarray(voxel_mm if voxel_mm is not None else np.full(3, np.nan),
                                 np.float32),
             nyul=(np.full(len(PERCENTILES), np.nan, np.float32) if volumes is None else
-                  NyulScale.fit([slices[volumes == v][masks[volumes == v]]
-                                 for v in np.unique(volumes)]).intensities),
+                  NyulScale.fit(brains).intensities),
             noise_ratio=np.float32(np.nan if volumes is None else np.nanmean(
                 [noise_contrast_ratio(slices[volumes == v], masks[volumes == v])
                  for v in np.unique(volumes)])),
+            nyul_mean=(np.full(len(PERCENTILES), np.nan, np.float32) if volumes is None else
+                       site_landmarks(brains).astype(np.float32)),
         )
 
     def nyul_scale(self) -> NyulScale:
@@ -92,6 +101,14 @@ class TargetReference:
             raise ValueError("this prior's target statistics have no Nyul scale (made by an "
                              "older bh_jax): give --nyul-from TARGET_SCANS, or train again")
         return NyulScale(self.nyul, np.asarray(PERCENTILES, np.float32))
+
+    def mean_landmark_scale(self) -> NyulScale:
+        """The training volumes' mean landmarks as a scale to map onto (`nyul_mean`);
+        ValueError if this reference has none."""
+        if not np.all(np.isfinite(self.nyul_mean)):
+            raise ValueError("this prior's target statistics have no mean landmarks (made "
+                             "by an older bh_jax)")
+        return NyulScale(self.nyul_mean, np.asarray(PERCENTILES, np.float32))
 
     def amplitude_for(self, masks: np.ndarray) -> np.ndarray:
         """[..., H, W] reference amplitude for slices with these masks."""

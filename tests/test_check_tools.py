@@ -2,7 +2,8 @@
 (nyul_blend_check.py), the data set a check opens (noise_check.check_parser,
 open_check), the target's own field recovered from the phantom (field_oracle.py) and
 per-scan weights counted against the bars (per_scan_oracle.py), several checks read as
-one (merge_checks.py) and the safety net's margins counted (safety_net_margins.py)."""
+one (merge_checks.py), the safety net's margins counted (safety_net_margins.py) and a
+site's Nyul map onto two scales (nyul_scale_check.py)."""
 
 import importlib.util
 import json
@@ -59,6 +60,35 @@ def test_blends_run_from_the_sites_map_to_each_scans_own(monkeypatch):
         np.testing.assert_allclose(outputs["v=0.5"][i],
                                    (outputs["v=0"][i] + outputs["v=1"][i]) / 2, atol=1e-6)
         assert np.all(outputs["v=0.5"][i][~masks] == 0)
+
+
+def test_site_maps_are_the_librarys_site_nyul_per_site_of_the_given_size(monkeypatch):
+    """'SCALE, mean' is `--method site-nyul` (pipeline.site_nyul, an independent path)
+    of each site of `site_size` consecutive scans; 'SCALE, median' maps the site's
+    median landmarks, which differ from the mean's for three unlike scans."""
+    from bh_jax.harmonize.pipeline import site_nyul
+
+    tool = _tool(monkeypatch, "nyul_scale_check")
+    rng = np.random.default_rng(1)
+    masks = np.zeros((2, 24, 24), bool)
+    masks[:, 3:21, 3:21] = True
+    volumes = []
+    for power in (0.5, 1.0, 1.5, 3.0):
+        slices = np.zeros(masks.shape, np.float32)
+        slices[masks] = rng.uniform(0.1, 0.9, masks.sum()) ** power
+        volumes.append(SimpleNamespace(slices=slices, slice_masks=masks))
+    standard = NyulScale.fit([rng.uniform(0.1, 0.9, 4000) for _ in range(3)])
+    shifted = NyulScale(standard.intensities * 0.9 + 0.05, standard.percentiles)
+    outputs = tool.site_maps(volumes, {"standard": standard, "other": shifted}, site_size=3)
+    reference = SimpleNamespace(nyul_scale=lambda: standard)
+    expected = [r.slices for r in site_nyul(volumes[:3], reference)]
+    expected += [r.slices for r in site_nyul(volumes[3:], reference)]  # a site of one
+    for output, library in zip(outputs["standard, mean"], expected, strict=True):
+        np.testing.assert_allclose(output, library, atol=1e-6)
+    assert not np.allclose(outputs["standard, median"][0], outputs["standard, mean"][0],
+                           atol=1e-3)
+    np.testing.assert_allclose(outputs["standard, median"][3], outputs["standard, mean"][3])
+    assert not np.allclose(outputs["other, mean"][0], outputs["standard, mean"][0], atol=1e-3)
 
 
 def test_a_check_draws_fresh_subjects_with_another_phantom_seed(monkeypatch, trained,

@@ -146,6 +146,40 @@ def test_target_reference_keeps_the_voxel_size_and_reads_older_files(tmp_path):
     np.testing.assert_array_equal(loaded.quantiles, reference.quantiles)
 
 
+def test_target_reference_keeps_each_volumes_mean_landmarks(tmp_path):
+    """`nyul_mean`: the training volumes' landmarks (np.percentile of each volume's
+    brain) averaged as measured; Nyul's standard scale stretches them first, so the
+    two differ. Unknown (NaN, and no scale to map onto) without the volumes or in a
+    file written before it existed."""
+    import pytest
+
+    from bh_jax.baselines.nyul import PERCENTILES
+    from bh_jax.reference import TargetReference
+
+    rng = np.random.default_rng(0)
+    slices = np.concatenate([0.2 + 0.6 * rng.random((4, 16, 16)), rng.random((4, 16, 16)) ** 3])
+    masks = np.zeros(slices.shape, bool)
+    masks[:, 2:14, 3:13] = True
+    volumes = np.repeat([0, 1], 4)
+    reference = TargetReference.from_slices(slices, masks, volumes=volumes)
+    expected = np.mean([np.percentile(slices[volumes == v][masks[volumes == v]], PERCENTILES)
+                        for v in (0, 1)], axis=0)
+    np.testing.assert_allclose(reference.nyul_mean, expected, rtol=1e-6)
+    assert not np.allclose(reference.nyul_mean, reference.nyul, atol=1e-3)
+    np.testing.assert_array_equal(reference.mean_landmark_scale().intensities,
+                                  reference.nyul_mean)
+    reference.save(tmp_path / "reference.npz")
+    np.testing.assert_array_equal(TargetReference.load(tmp_path / "reference.npz").nyul_mean,
+                                  reference.nyul_mean)
+    older = {k: v for k, v in np.load(tmp_path / "reference.npz").items() if k != "nyul_mean"}
+    np.savez(tmp_path / "older.npz", **older)
+    for unknown in (TargetReference.load(tmp_path / "older.npz"),
+                    TargetReference.from_slices(slices, masks)):
+        assert np.isnan(unknown.nyul_mean).all()
+        with pytest.raises(ValueError, match="no mean landmarks"):
+            unknown.mean_landmark_scale()
+
+
 def test_constant_volume_says_so(tmp_path):
     import nibabel as nib
     import pytest

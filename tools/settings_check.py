@@ -50,7 +50,7 @@ from bh_jax.harmonize.settings import default_settings
 
 # Not used by a site's fit.
 APPLIED_FIELDS = {"nyul_weight", "scan_nyul_weight", "scan_nyul_contrast_gain",
-                  "scan_nyul_gain_flatter_only", "smooth_output", "fallback",
+                  "scan_nyul_gain_flatter_only", "smooth_output", "fallback", "nyul_scale",
                   "safety_margin"}
 
 

@@ -37,6 +37,7 @@ from bh_jax.harmonize.settings import (
     DEFAULTS,
     GAIN_FLATTER_ONLY,
     INITS,
+    NYUL_SCALES,
     SOLVERS,
     CalibrationConfig,
     default_settings,
@@ -131,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "typical one otherwise takes less): 'all', 'noisy' (the scans "
                              "smoothed to the target's noise) or 'none'; default "
                              f"{calibration.scan_nyul_gain_flatter_only}")
+    parser.add_argument("--nyul-scale", choices=NYUL_SCALES,
+                        help="init 'calibrated': what the site's and the scan's Nyul maps map "
+                             "onto: 'standard' (Nyul's scale, the --method nyul baseline's) or "
+                             "'mean' (the target's training scans' mean landmarks, averaged "
+                             f"as the site's are); default {calibration.nyul_scale}")
     parser.add_argument("--sites", default="folder",
                         help="which inputs share an intensity curve (blindharmony) or Nyul "
                              "landmarks (site-nyul), one per site, fitted on up to 32 of its "
@@ -195,7 +201,7 @@ def solver_settings(args: argparse.Namespace):
     elif args.field_steps is not None:
         given["field_steps"] = args.field_steps
     for name in ("nyul_weight", "scan_nyul_weight", "scan_nyul_contrast_gain",
-                 "scan_nyul_gain_flatter_only"):
+                 "scan_nyul_gain_flatter_only", "nyul_scale"):
         if getattr(args, name) is not None:
             given[name] = getattr(args, name)
     if base.init == "calibrated" or args.init == "calibrated":

@@ -12,8 +12,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from bh_jax.baselines.learned import load_baseline
-from bh_jax.baselines.nyul import NyulScale
+from bh_jax.baselines.nyul import NyulScale, site_landmarks
 from bh_jax.config import DataConfig
 from bh_jax.harmonize.engine import Harmonizer
 from bh_jax.harmonize.pipeline import (
@@ -68,10 +70,11 @@ class VolumeMethod:
     warnings: tuple[str, ...] = ()
 
 
-def unused_nyul_weight(flow: LoadedFlow, settings: SolverConfig) -> str | None:
-    """Why `calibration.nyul_weight`, `scan_nyul_weight` and `scan_nyul_contrast_gain`
-    will have no effect with this prior (its target statistics have no Nyul scale), or
-    None if they will (or are 0, or unused)."""
+def unused_nyul_setting(flow: LoadedFlow, settings: SolverConfig) -> str | None:
+    """Why a Nyul setting of `settings.calibration` will not act as asked with this prior
+    (made by an older bh_jax): without a Nyul scale `nyul_weight`, `scan_nyul_weight`
+    and `scan_nyul_contrast_gain` have no effect; without mean landmarks `nyul_scale`
+    'mean' maps onto the standard scale. None if they will act (or are unused)."""
     calibration = settings.calibration
     weights = {"nyul_weight": calibration.nyul_weight,
                "scan_nyul_weight": calibration.scan_nyul_weight,
@@ -85,6 +88,10 @@ def unused_nyul_weight(flow: LoadedFlow, settings: SolverConfig) -> str | None:
         return (f"{flow.identity['workdir']}: this prior has no Nyul scale (made by an older "
                 f"bh_jax), so {given} has no effect and the site's curve is used "
                 f"alone; give --nyul-from TARGET_SCANS to average it with Nyul's maps")
+    if calibration.nyul_scale == "mean" and not np.all(np.isfinite(flow.reference.nyul_mean)):
+        return (f"{flow.identity['workdir']}: this prior has no mean landmarks (made by an "
+                f"older bh_jax), so the Nyul maps map onto the standard scale (as with "
+                f"--nyul-scale standard); give --nyul-from TARGET_SCANS to learn them")
     return None
 
 
@@ -125,7 +132,7 @@ def flow_method(flow: LoadedFlow, name: str, settings: SolverConfig, batch_size:
         if name == "nyul":
             flow.reference.nyul_scale()  # fails before any work if it has none
         run = _volume_by_volume(lambda p: classical(name, p, flow.reference))
-    unused = unused_nyul_weight(flow, settings) if name == "blindharmony" else None
+    unused = unused_nyul_setting(flow, settings) if name == "blindharmony" else None
     return VolumeMethod(name, flow.config.data, 2 ** flow.config.flow.levels, flow.identity,
                         settings if name == "blindharmony" else None, run,
                         flow.voxel_mm, fit_site, (unused,) if unused else ())
@@ -147,7 +154,8 @@ def baseline_method(baseline, batch_size: int) -> VolumeMethod:
 
 
 def with_nyul_from(flow: LoadedFlow, folder: str | Path, mask_dir=None) -> LoadedFlow:
-    """`flow` with its Nyul scale learned from the target-site scans in `folder`
+    """`flow` with its Nyul scale (and mean landmarks) learned from the target-site
+    scans in `folder`
     (on the prior's grid; masks from `mask_dir`, else automatic), for a prior whose
     statistics have none (made by an older bh_jax) or to use other target scans."""
     paths = find_nifti([str(folder)])
@@ -162,7 +170,8 @@ def with_nyul_from(flow: LoadedFlow, folder: str | Path, mask_dir=None) -> Loade
         except ValueError as err:  # e.g. a label map in the folder
             raise ValueError(f"{path}: {err} (--nyul-from takes target-site scans)") from None
     scale = NyulScale.fit(brains)
-    return replace(flow, reference=replace(flow.reference, nyul=scale.intensities))
+    return replace(flow, reference=replace(flow.reference, nyul=scale.intensities,
+                                           nyul_mean=site_landmarks(brains).astype(np.float32)))
 
 
 def load_method(name: str, checkpoint: str | Path, settings: SolverConfig, batch_size: int,

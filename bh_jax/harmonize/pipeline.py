@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bh_jax.baselines.hm import histogram_match
-from bh_jax.baselines.nyul import contrast_ratio, landmarks, site_landmarks
+from bh_jax.baselines.nyul import NyulScale, contrast_ratio, landmarks, site_landmarks
 from bh_jax.baselines.ssimh import spectrum_swap
 from bh_jax.harmonize.calibration import Calibrator, IntensityCurve, curve_parameters
 from bh_jax.harmonize.engine import Harmonizer
@@ -292,8 +292,10 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
                     * float(np.mean(in_plane_mm(prepared.volume.canonical_affine))))
     transform = IntensityTransform(site.final.knots, site.final.values, field=field,
                                    kind="curve", smoothing_mm=smoothing_mm)
+    scale = transform_scale(config, reference, notes)
     if config.nyul_weight > 0 and site.landmarks is not None:
-        site_map = nyul_transform(prepared, reference, SiteLandmarks(site.landmarks, site.volumes))
+        site_map = nyul_transform(prepared, reference, SiteLandmarks(site.landmarks, site.volumes),
+                                  scale)
         transform = averaged(transform, site_map, config.nyul_weight)
         notes["nyul_weight"] = config.nyul_weight
     if config.scan_nyul_weight > 0 or config.scan_nyul_contrast_gain > 0:
@@ -304,11 +306,25 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
                                             noise_matched=smoothing > 0)
             if ratio is not None:
                 notes["scan_contrast_ratio"] = ratio
-            scan_map = nyul_transform(prepared, reference, SiteLandmarks(own, 1))
+            scan_map = nyul_transform(prepared, reference, SiteLandmarks(own, 1), scale)
             transform = averaged(transform, scan_map, weight)
             notes["scan_nyul_weight"] = weight
     return safety_net(calibrator, prepared, slices, transform, reference, notes,
                       config.fallback, config.safety_margin)
+
+
+def transform_scale(config: CalibrationConfig, reference: TargetReference,
+                    notes: dict) -> NyulScale | None:
+    """The scale the transform's Nyul maps map onto (`CalibrationConfig.nyul_scale`);
+    None: the standard scale (also for a prior without mean landmarks, which
+    `notes` then records)."""
+    if config.nyul_scale == "standard":
+        return None
+    try:
+        return reference.mean_landmark_scale()
+    except ValueError as error:
+        notes["nyul_scale"] = f"standard: {error}"
+        return None
 
 
 def scan_map_weight(config: CalibrationConfig, own: np.ndarray, site_marks: np.ndarray | None,
@@ -506,10 +522,11 @@ def hm_transform(prepared: PreparedVolume, reference: TargetReference) -> Intens
 
 
 def nyul_transform(prepared: PreparedVolume, reference: TargetReference,
-                   site: SiteLandmarks | None = None) -> IntensityTransform:
+                   site: SiteLandmarks | None = None, scale: NyulScale | None = None
+                   ) -> IntensityTransform:
     """Nyul as a transform: the volume's landmarks (or its `site`'s) -> the standard
-    scale."""
-    scale = reference.nyul_scale()
+    scale (or `scale`, at the same percentiles)."""
+    scale = scale or reference.nyul_scale()
     marks = (landmarks(prepared.slices[prepared.slice_masks], scale.percentiles)
              if site is None else site.marks)
     return IntensityTransform(*monotone_knots(marks, scale.intensities), extrapolate=True,

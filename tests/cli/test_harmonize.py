@@ -497,6 +497,10 @@ def test_nyul_scale_is_learned_from_a_folder_of_target_scans(trained, tiny_phant
     expected = NyulScale.fit([v.slices[v.slice_masks] for v in volumes])
     np.testing.assert_allclose(learned.reference.nyul, expected.intensities, rtol=1e-6)
     assert not np.allclose(learned.reference.nyul, flow.reference.nyul)
+    # ... and the mean of their landmarks as measured (the `mean` scale).
+    np.testing.assert_allclose(learned.reference.nyul_mean, np.mean(
+        [np.percentile(v.slices[v.slice_masks], expected.percentiles) for v in volumes], axis=0),
+        rtol=1e-5)
     (folder / "labels.nii.gz").write_bytes(Path(manifest["images"][0]["mask"]).read_bytes())
     with pytest.raises(ValueError, match="labels.nii.gz: .*--nyul-from takes target-site"):
         with_nyul_from(flow, folder)
@@ -526,4 +530,11 @@ def test_a_prior_without_nyul_scale_warns_that_nyul_weight_has_no_effect(trained
                                                       scan_nyul_weight=0.5))
     (warning,) = flow_method(old, "blindharmony", scan_only, 8).warnings
     assert "so scan_nyul_weight 0.5 has no effect" in warning  # nyul_weight 0 not named
+    # A prior with a Nyul scale but no mean landmarks maps onto the standard scale.
+    no_mean = replace(flow, reference=replace(flow.reference, nyul_mean=np.full_like(
+        flow.reference.nyul_mean, np.nan)))
+    (warning,) = flow_method(no_mean, "blindharmony", settings, 8).warnings
+    assert "no mean landmarks" in warning and "--nyul-scale standard" in warning
+    standard = replace(settings, calibration=replace(settings.calibration, nyul_scale="standard"))
+    assert flow_method(no_mean, "blindharmony", standard, 8).warnings == ()
     assert flow_method(old, "hm", settings, 8).warnings == ()

@@ -379,16 +379,19 @@ def test_cli_settings_keep_the_calibration_config():
     args = harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o",
                                  "--nyul-weight", "0.25", "--scan-nyul-weight", "0.5",
                                  "--scan-nyul-contrast-gain", "3",
-                                 "--scan-nyul-gain-flatter-only", "none"])
+                                 "--scan-nyul-gain-flatter-only", "none",
+                                 "--nyul-scale", "standard"])
     given = harmonize.solver_settings(args).calibration
     assert (given.nyul_weight, given.scan_nyul_weight, given.scan_nyul_contrast_gain,
-            given.scan_nyul_gain_flatter_only) == (0.25, 0.5, 3.0, "none")
+            given.scan_nyul_gain_flatter_only, given.nyul_scale) == (0.25, 0.5, 3.0, "none",
+                                                                     "standard")
+    assert calibration.nyul_scale == CalibrationConfig().nyul_scale
     assert (calibration.scan_nyul_gain_flatter_only
             == CalibrationConfig().scan_nyul_gain_flatter_only)
     assert calibration.scan_nyul_contrast_gain == CalibrationConfig().scan_nyul_contrast_gain
     assert calibration.scan_nyul_weight == CalibrationConfig().scan_nyul_weight
     for bad in (["--nyul-weight", "1.5"], ["--scan-nyul-contrast-gain", "-1"],
-                ["--scan-nyul-gain-flatter-only", "yes"]):
+                ["--scan-nyul-gain-flatter-only", "yes"], ["--nyul-scale", "median"]):
         with pytest.raises(SystemExit):
             harmonize.parse_args(["x.nii.gz", "--checkpoint", "c", "--output-dir", "o", *bad])
     assert calibration.segments == CalibrationConfig().segments
@@ -541,7 +544,7 @@ def test_nyul_weight_averages_the_sites_curve_with_its_nyul_map(flow, volumes):
     expected = np.mean([np.percentile(c, PERCENTILES) for c in corrected], axis=0)
     np.testing.assert_allclose(site.landmarks, expected, rtol=1e-5)
     assert site.as_dict()["nyul_site_landmarks"] == pytest.approx(expected.tolist(), rel=1e-5)
-    scale = flow.reference.nyul_scale()
+    scale = flow.reference.mean_landmark_scale()  # the default `nyul_scale`
     for i, volume in enumerate(volumes):
         masks = volume.slice_masks
         zero, half, one = (outputs[w][i] for w in (0.0, 0.5, 1.0))
@@ -551,6 +554,41 @@ def test_nyul_weight_averages_the_sites_curve_with_its_nyul_map(flow, volumes):
         np.testing.assert_allclose(one.slices[masks], nyul, atol=1e-5)
     with pytest.raises(ValueError, match="nyul_weight"):
         CalibrationConfig(nyul_weight=1.5)
+
+
+def test_nyul_scale_mean_maps_onto_the_targets_mean_landmarks(flow, volumes):
+    """`nyul_scale` 'mean': the site's (and the scan's) Nyul maps map onto the target
+    training volumes' mean landmarks instead of Nyul's standard scale, from the same
+    site fit; a prior without them maps onto the standard scale and says so."""
+    from bh_jax.baselines.nyul import piecewise_linear
+
+    quick = {"steps": 2, "pool": 8, "field_steps": 2, "fallback": False, "noise_matched": False,
+             "nyul_weight": 1.0, "scan_nyul_weight": 0.0, "scan_nyul_contrast_gain": 0.0}
+    older = replace(flow.reference, nyul_mean=np.full_like(flow.reference.nyul_mean, np.nan))
+    assert not np.allclose(flow.reference.nyul_mean, flow.reference.nyul, atol=1e-4)
+    outputs, site = {}, None
+    for scale, reference in (("standard", flow.reference), ("mean", flow.reference),
+                             ("older", older)):
+        config = CalibrationConfig(**quick, nyul_scale="standard" if scale == "standard"
+                                   else "mean")
+        harmonizer = Harmonizer(flow.model, flow.params, SolverConfig(calibration=config),
+                                batch_size=8, devices=jax.devices()[:1])
+        site = site or shared_curve(harmonizer, volumes, flow.reference)
+        outputs[scale] = harmonize_volumes(harmonizer, volumes, reference, site=site)
+    for i, volume in enumerate(volumes):
+        mean, older_prior = outputs["mean"][i], outputs["older"][i]
+        log_field = mean.transform.field.log_field(volume.world_positions())
+        corrected = (volume.slices * np.exp(-log_field))[volume.slice_masks]
+        expected = np.clip(piecewise_linear(corrected, site.landmarks,
+                                            flow.reference.nyul_mean), 0, 1)
+        np.testing.assert_allclose(mean.slices[volume.slice_masks], expected, atol=1e-5)
+        assert not np.allclose(mean.slices, outputs["standard"][i].slices, atol=1e-4)
+        assert "nyul_scale" not in mean.notes
+        np.testing.assert_array_equal(older_prior.slices, outputs["standard"][i].slices)
+        assert older_prior.notes["nyul_scale"].startswith("standard: this prior's target "
+                                                          "statistics have no mean landmarks")
+    with pytest.raises(ValueError, match="nyul_scale must be one of standard, mean"):
+        CalibrationConfig(nyul_scale="median")
 
 
 def test_a_prior_without_a_nyul_scale_harmonizes_with_the_curve_alone(flow, volumes):
@@ -593,7 +631,7 @@ def test_scan_nyul_weight_averages_in_the_volumes_own_nyul_map(flow, volumes):
                                 batch_size=8, devices=jax.devices()[:1])
         site = site or shared_curve(harmonizer, volumes, flow.reference)
         outputs[weight] = harmonize_volumes(harmonizer, volumes, flow.reference, site=site)
-    scale = flow.reference.nyul_scale()
+    scale = flow.reference.mean_landmark_scale()  # the default `nyul_scale`
     for i, volume in enumerate(volumes):
         zero, half, one = (outputs[w][i] for w in (0.0, 0.5, 1.0))
         log_field = zero.transform.field.log_field(volume.world_positions())
