@@ -292,10 +292,9 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
                     * float(np.mean(in_plane_mm(prepared.volume.canonical_affine))))
     transform = IntensityTransform(site.final.knots, site.final.values, field=field,
                                    kind="curve", smoothing_mm=smoothing_mm)
-    scale = transform_scale(config, reference, notes)
     if config.nyul_weight > 0 and site.landmarks is not None:
         site_map = nyul_transform(prepared, reference, SiteLandmarks(site.landmarks, site.volumes),
-                                  scale)
+                                  transform_scale(config, reference, notes))
         transform = averaged(transform, site_map, config.nyul_weight)
         notes["nyul_weight"] = config.nyul_weight
     if config.scan_nyul_weight > 0 or config.scan_nyul_contrast_gain > 0:
@@ -306,7 +305,8 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
                                             noise_matched=smoothing > 0)
             if ratio is not None:
                 notes["scan_contrast_ratio"] = ratio
-            scan_map = nyul_transform(prepared, reference, SiteLandmarks(own, 1), scale)
+            scan_map = nyul_transform(prepared, reference, SiteLandmarks(own, 1),
+                                      transform_scale(config, reference, notes))
             transform = averaged(transform, scan_map, weight)
             notes["scan_nyul_weight"] = weight
     return safety_net(calibrator, prepared, slices, transform, reference, notes,
@@ -315,7 +315,7 @@ def calibrated_transform(calibrator: Calibrator, prepared: PreparedVolume,
 
 def transform_scale(config: CalibrationConfig, reference: TargetReference,
                     notes: dict) -> NyulScale | None:
-    """The scale the transform's Nyul maps map onto (`CalibrationConfig.nyul_scale`);
+    """The scale a Nyul map of the transform maps onto (`CalibrationConfig.nyul_scale`);
     None: the standard scale (also for a prior without mean landmarks, which
     `notes` then records)."""
     if config.nyul_scale == "standard":

@@ -596,7 +596,8 @@ def test_a_prior_without_a_nyul_scale_harmonizes_with_the_curve_alone(flow, volu
     warning is tested with the command line), the site's curve is refitted after the
     fields, and the safety net scores the transform only; the outputs are those of
     the curve alone on the same prior."""
-    old = replace(flow.reference, nyul=np.full_like(flow.reference.nyul, np.nan))
+    old = replace(flow.reference, nyul=np.full_like(flow.reference.nyul, np.nan),
+                  nyul_mean=np.full_like(flow.reference.nyul_mean, np.nan))
     quick = {"steps": 2, "pool": 8, "field_steps": 2, "fallback": False}
     default = CalibrationConfig(**quick)
     assert default.nyul_weight > 0 and default.scan_nyul_weight > 0
@@ -614,6 +615,7 @@ def test_a_prior_without_a_nyul_scale_harmonizes_with_the_curve_alone(flow, volu
         assert list(with_default.notes["bits_per_dim"]) == ["transform"]
         assert "nyul_weight" not in with_default.notes
         assert "scan_nyul_weight" not in with_default.notes
+        assert "nyul_scale" not in with_default.notes  # no Nyul map, no scale to note
 
 
 def test_scan_nyul_weight_averages_in_the_volumes_own_nyul_map(flow, volumes):
