@@ -88,10 +88,13 @@ def unused_nyul_setting(flow: LoadedFlow, settings: SolverConfig) -> str | None:
         return (f"{flow.identity['workdir']}: this prior has no Nyul scale (made by an older "
                 f"bh_jax), so {given} has no effect and the site's curve is used "
                 f"alone; give --nyul-from TARGET_SCANS to average it with Nyul's maps")
-    if calibration.nyul_scale == "mean" and not np.all(np.isfinite(flow.reference.nyul_mean)):
-        return (f"{flow.identity['workdir']}: this prior has no mean landmarks (made by an "
-                f"older bh_jax), so the Nyul maps map onto the standard scale (as with "
-                f"--nyul-scale standard); give --nyul-from TARGET_SCANS to learn them")
+    if calibration.nyul_scale == "mean":
+        try:
+            flow.reference.mean_landmark_scale()
+        except ValueError:
+            return (f"{flow.identity['workdir']}: this prior has no mean landmarks (made by "
+                    f"an older bh_jax), so the Nyul maps map onto the standard scale (as "
+                    f"with --nyul-scale standard); give --nyul-from TARGET_SCANS to learn them")
     return None
 
 
