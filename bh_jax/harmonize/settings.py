@@ -143,7 +143,7 @@ class CalibrationConfig:
         measured (`TargetReference.nyul_mean`), as the site's own landmarks are. A
         prior without them maps onto the standard scale, and the report says so.
         'mean': on 20 validation subjects as four sites of 5, +0.09 to +0.12 dB on
-        every shift at the same WM Dice (within 0.00003), and within 0.03 dB, 0.0001
+        every shift at the same WM Dice (within 0.00003), and within 0.03 dB, 0.0002
         SSIM and 0.0001 Dice of the standard scale on the scanner sites, above
         Nyul's (docs/methods.md).
     """
